@@ -1,0 +1,5 @@
+import sys
+
+from clusterkit.cli import main
+
+sys.exit(main())

@@ -1,0 +1,369 @@
+"""The ``clusterkit`` command line: flags -> one library call -> result -> rich or ``--json``.
+
+One error boundary (``main``) turns typed errors into a message and an exit code:
+0 ok, 1 a check or job failed, 2 bad input. Nothing heavy is imported at module import
+time (no torch anywhere on the light commands' path).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from typing import Optional
+
+import click
+import typer
+
+from clusterkit.errors import EXIT_FAILED, EXIT_USER_ERROR, ClusterkitError
+from clusterkit.output import console, emit, envelope, fmt_seconds, print_json
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    help="Run Open-Sora 1.2 inference and training on a heterogeneous Slurm GPU cluster.",
+)
+diagnose_app = typer.Typer(no_args_is_help=True, help="Find out why distributed jobs hang or crawl.")
+app.add_typer(diagnose_app, name="diagnose")
+
+JSON_OPT = typer.Option(False, "--json", help="Print the versioned JSON envelope instead of tables.")
+EXECUTOR_OPT = typer.Option("auto", "--executor", help="auto (Slurm when a controller answers) | slurm | local.")
+
+
+@dataclass
+class State:
+    inventory: Optional[str] = None
+    json: bool = False
+    debug: bool = False
+
+    def project(self):
+        from clusterkit.project import Project
+
+        return Project.from_options(self.inventory, dict(os.environ))
+
+
+def _state(ctx: typer.Context, json_flag: bool = False) -> State:
+    state = ctx.find_object(State) or State()
+    state.json = state.json or json_flag
+    return state
+
+
+@app.callback()
+def _global(
+    ctx: typer.Context,
+    inventory: Optional[str] = typer.Option(
+        None, "--inventory", metavar="PATH", help="nodes.yaml to use (default ./nodes.yaml or $CLUSTERKIT_INVENTORY)."),
+    json_flag: bool = JSON_OPT,
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+) -> None:
+    ctx.obj = State(inventory=inventory, json=json_flag, debug=debug)
+
+
+# ---------------------------------------------------------------------------- nodes
+
+
+@app.command()
+def nodes(ctx: typer.Context, json_flag: bool = JSON_OPT) -> None:
+    """List the inventory, with live Slurm node state when a controller answers."""
+    state = _state(ctx, json_flag)
+    project = state.project()
+    inventory = project.inventory
+    from clusterkit.launch import slurm
+
+    live = slurm.node_states() if _slurm_configured() else None
+    rows = []
+    for node in inventory.nodes:
+        row = node.to_dict() if hasattr(node, "to_dict") else {}
+        row.update(name=node.name, gpu_model=node.gpu.model, gpu_count=node.gpu.count,
+                   slurm_state=(live or {}).get(node.name, {}).get("state") if live is not None else None)
+        rows.append(row)
+    result = {"inventory": str(project.inventory_path), "slurm": live is not None, "nodes": rows}
+
+    def render(_: object) -> None:
+        from rich.table import Table
+
+        table = Table(title=f"{project.inventory_path}  ({len(rows)} nodes)", title_justify="left")
+        for column in ("node", "GPUs", "model", "mem GiB", "CUDA", "link", "P2P", "partition"):
+            table.add_column(column)
+        if live is not None:
+            table.add_column("slurm")
+        table.add_column("notes", overflow="fold", max_width=48)
+        for node, row in zip(inventory.nodes, rows):
+            spec = node.gpu.spec
+            cells = [node.name, str(node.gpu.count), spec.name, f"{spec.usable_gib:.1f}", node.cuda or "?",
+                     node.interconnect.type or "?", _tri(node.interconnect.p2p), node.slurm.partition or "(default)"]
+            if live is not None:
+                cells.append(row["slurm_state"] or "not in slurm")
+            cells.append((node.notes or "").strip().splitlines()[0] if node.notes else "")
+            table.add_row(*cells)
+        out = console()
+        out.print(table)
+        if live is None:
+            out.print("[dim]no Slurm controller answered: showing the inventory only[/dim]")
+
+    emit("nodes", result, render, as_json=state.json)
+
+
+def _tri(value: Optional[bool]) -> str:
+    return "?" if value is None else ("yes" if value else "no")
+
+
+def _slurm_configured() -> bool:
+    import shutil
+
+    return shutil.which("sinfo") is not None
+
+
+# ---------------------------------------------------------------------------- runs / status / logs / cancel
+
+
+def _render_runs(records: list, title: str) -> None:
+    from rich.table import Table
+
+    import time
+
+    table = Table(title=title, title_justify="left")
+    for column in ("run", "kind", "executor", "nodes", "job ids", "state", "age", "summary"):
+        table.add_column(column, overflow="fold")
+    now = time.time()
+    for r in records:
+        table.add_row(r.run_id, r.kind, r.executor, ",".join(r.nodes), ",".join(r.job_ids),
+                      _colour_state(r.state), fmt_seconds(now - r.created_at), r.summary)
+    console().print(table)
+
+
+def _colour_state(state: str) -> str:
+    colour = {"COMPLETED": "green", "RUNNING": "cyan", "PENDING": "yellow"}.get(state, "red")
+    return f"[{colour}]{state}[/{colour}]"
+
+
+@app.command()
+def runs(ctx: typer.Context, limit: int = typer.Option(20, help="How many recent runs."),
+         json_flag: bool = JSON_OPT) -> None:
+    """List recent runs from the registry (states as last seen; `status` refreshes)."""
+    state = _state(ctx, json_flag)
+    project = state.project()
+    records = project.registry.list(limit=limit)
+    emit("runs", {"runs": [r.to_dict() for r in records]},
+         lambda _: _render_runs(records, f"runs in {project.runs_dir}"), as_json=state.json)
+
+
+@app.command()
+def status(ctx: typer.Context, run: Optional[str] = typer.Argument(None, help="Run id (or unique prefix)."),
+           limit: int = typer.Option(20, help="How many recent runs when no RUN is given."),
+           json_flag: bool = JSON_OPT) -> None:
+    """Ask the scheduler (once, for all runs) where runs stand."""
+    from clusterkit.launch import runs as runs_api
+
+    state = _state(ctx, json_flag)
+    records = runs_api.status(state.project(), run, limit=limit)
+    emit("status", {"runs": [r.to_dict() for r in records]}, lambda _: _render_runs(records, "status"),
+         as_json=state.json)
+
+
+@app.command()
+def logs(ctx: typer.Context, run: str = typer.Argument(..., help="Run id (or unique prefix)."),
+         follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing until the run ends."),
+         rank: Optional[int] = typer.Option(None, help="Only this rank's log."),
+         tail: int = typer.Option(50, help="Lines per file (0 = all)."),
+         json_flag: bool = JSON_OPT) -> None:
+    """Show a run's per-rank and per-node logs."""
+    from clusterkit.launch import runs as runs_api
+
+    state = _state(ctx, json_flag)
+    project = state.project()
+    record = project.registry.get(run)
+
+    def wanted(path) -> bool:
+        return rank is None or path.name == f"rank-{rank:03d}.log"
+
+    if follow:
+        if state.json:
+            from clusterkit.errors import UserError
+
+            raise UserError("--follow streams text; it cannot be combined with --json")
+        for path, line in runs_api.follow(project, record.run_id):
+            if wanted(path):
+                sys.stdout.write(f"{path.stem}| {line}\n")
+                sys.stdout.flush()
+        return
+    files = [p for p in runs_api.log_files(record) if wanted(p)]
+    contents = {}
+    for path in files:
+        lines = path.read_text(errors="replace").splitlines()
+        contents[str(path)] = lines[-tail:] if tail else lines
+
+    def render(_: object) -> None:
+        out = console()
+        if not files:
+            out.print(f"no logs yet in {record.run_dir / 'logs'}")
+        for path, lines in contents.items():
+            out.rule(path, align="left")
+            for line in lines:
+                out.out(line, highlight=False)
+
+    emit("logs", {"run_id": record.run_id, "files": contents}, render, as_json=state.json)
+
+
+@app.command()
+def cancel(ctx: typer.Context, run: str = typer.Argument(..., help="Run id (or unique prefix)."),
+           json_flag: bool = JSON_OPT) -> None:
+    """Cancel a queued or running run (scancel, or stop the local processes)."""
+    from clusterkit.launch import runs as runs_api
+
+    state = _state(ctx, json_flag)
+    record = runs_api.cancel(state.project(), run)
+    emit("cancel", record.to_dict(), lambda _: console().print(f"cancelled {record.run_id} ({','.join(record.job_ids)})"),
+         as_json=state.json)
+
+
+# ---------------------------------------------------------------------------- diagnose nccl
+
+
+@diagnose_app.command("nccl")
+def diagnose_nccl(
+    ctx: typer.Context,
+    nodes_opt: Optional[str] = typer.Option(None, "--nodes", help="Comma-separated node names, or 'all'."),
+    node: Optional[str] = typer.Option(None, "--node", help="One node."),
+    gpus_per_node: Optional[int] = typer.Option(None, "--gpus-per-node", help="Ranks per node (default: all GPUs)."),
+    executor: str = EXECUTOR_OPT,
+    nccl_profile: Optional[str] = typer.Option(None, "--nccl-profile", help="Profile from env/nccl.yaml (default: debug)."),
+    env: list[str] = typer.Option([], "--env", metavar="KEY=VALUE", help="Extra environment (wins over profiles)."),
+    sizes: Optional[str] = typer.Option(None, "--sizes", help="Message sizes, e.g. 8K,1M,64M."),
+    timeout: float = typer.Option(120.0, "--timeout", help="Seconds before a collective counts as hung."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be submitted; submit nothing."),
+    json_flag: bool = JSON_OPT,
+) -> None:
+    """Run the collective check (all_reduce + all_to_all, verified and timed) on nodes."""
+    from clusterkit.diagnose.collective import run_collective_check
+    from clusterkit.launch.envprofiles import parse_env_assignments
+
+    state = _state(ctx, json_flag)
+    if nodes_opt and node:
+        from clusterkit.errors import UserError
+
+        raise UserError("give either --nodes or --node, not both")
+    result = run_collective_check(
+        state.project(), nodes=nodes_opt or node, gpus_per_node=gpus_per_node, executor=executor,
+        nccl_profile=nccl_profile, env=parse_env_assignments(env), timeout_s=timeout, sizes=sizes, dry_run=dry_run,
+    )
+    if dry_run:
+        emit("diagnose nccl", result, _render_dry_run, as_json=state.json)
+        return
+    emit("diagnose nccl", result, _render_collective, as_json=state.json, ok=result["ok"])
+    if not result["ok"]:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _render_dry_run(result: dict) -> None:
+    import shlex
+
+    out = console()
+    rendered = result["rendered"]
+    out.rule(f"dry run: {result['run_id']} ({rendered['executor']}), nothing submitted", align="left")
+    if "slurm" in rendered:
+        out.print("[bold]sbatch script[/bold]")
+        out.out(rendered["slurm"]["sbatch"], highlight=False)
+    out.print("[bold]torchrun argv (per node)[/bold]")
+    out.out(shlex.join(rendered["torchrun"]), highlight=False)
+    out.print(f"[bold]port[/bold]: {rendered['port']}")
+    for name, env in rendered["env"].items():
+        out.print(f"[bold]env on {name}[/bold]")
+        for key, value in sorted(env["env"].items()):
+            out.out(f"  {key}={shlex.quote(value)}    # {env['source'][key]}", highlight=False)
+        for warning in env["warnings"]:
+            out.print(f"  [yellow]warning:[/yellow] {warning}")
+
+
+def _render_collective(result: dict) -> None:
+    from rich.table import Table
+
+    out = console()
+    verdict = "[green]OK[/green]" if result["ok"] else "[red]FAILED[/red]"
+    out.print(f"collective check {verdict}: run {result['run_id']} ({result['executor']}, "
+              f"jobs {','.join(result['job_ids'])}), state {result['state']}, world size "
+              f"{result['world_size']}/{result['expected_world_size']}, backend {result['backend']}")
+    ranks = Table(title="ranks", title_justify="left")
+    for column in ("rank", "node", "host", "local", "device", "pid", "init s"):
+        ranks.add_column(column)
+    for r in result["ranks"]:
+        ranks.add_row(str(r["rank"]), r.get("node", ""), r["host"], str(r["local_rank"]), r["device"],
+                      str(r["pid"]), f"{r['init_s']:.2f}")
+    if result["ranks"]:
+        out.print(ranks)
+    bad = [c for c in result["checks"] if not c["ok"]]
+    if result["checks"]:
+        out.print(f"checks: {len(result['checks']) - len(bad)}/{len(result['checks'])} correct")
+    for c in bad:
+        out.print(f"  [red]rank {c['rank']} {c['op']} wrong[/red]: {c}")
+    if result["timings"]:
+        timings = Table(title="timings (slowest rank)", title_justify="left")
+        for column in ("op", "bytes", "time us", "algbw GB/s", "busbw GB/s"):
+            timings.add_column(column, justify="right")
+        for t in result["timings"]:
+            timings.add_row(t["op"], f"{t['bytes']:,}", f"{t['time_us']:.1f}", f"{t['algbw_gbs']:.3f}",
+                            f"{t['busbw_gbs']:.3f}")
+        out.print(timings)
+    if not result["ok"]:
+        out.print(f"[red]{result['summary'] or 'the job did not finish cleanly'}[/red]; logs:")
+        for path in result["logs"]:
+            out.print(f"  {path}")
+
+
+# ---------------------------------------------------------------------------- error boundary
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    as_json = "--json" in argv
+    debug = "--debug" in argv
+    command = " ".join(a for a in argv[:2] if not a.startswith("-")) or "clusterkit"
+    try:
+        code = app(args=argv, prog_name="clusterkit", standalone_mode=False)
+        return code if isinstance(code, int) else 0
+    except click.exceptions.UsageError as exc:
+        return _fail(command, "usage_error", exc.format_message(), None, EXIT_USER_ERROR, as_json, exc.ctx)
+    except ClusterkitError as exc:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        if as_json:
+            print_json(envelope(command, False, None, exc.to_dict()))
+        else:
+            err = console(stderr=True)
+            from rich.markup import escape
+
+            err.print(f"[red]error:[/red] {escape(exc.message)}", highlight=False)
+            if exc.hint:
+                err.print(f"[dim]hint:[/dim] {escape(exc.hint)}", highlight=False)
+        return exc.exit_code
+    except click.exceptions.Abort:
+        return 130
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a bug: say so plainly, keep the traceback one flag away
+        if debug:
+            raise
+        return _fail(command, "internal_error", f"{type(exc).__name__}: {exc}",
+                     "this is a clusterkit bug; rerun with --debug for the traceback", EXIT_FAILED, as_json, None)
+
+
+def _fail(command: str, kind: str, message: str, hint: Optional[str], code: int, as_json: bool, ctx) -> int:
+    if as_json:
+        print_json(envelope(command, False, None, {"type": kind, "kind": kind, "message": message, "hint": hint}))
+    else:
+        err = console(stderr=True)
+        if ctx is not None and kind == "usage_error":
+            err.out(ctx.get_usage(), highlight=False)
+        err.out(f"error: {message}", highlight=False)
+        if hint:
+            err.out(f"hint: {hint}", highlight=False)
+    return code
+
+
+def entrypoint() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entrypoint()

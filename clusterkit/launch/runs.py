@@ -1,0 +1,133 @@
+"""Library calls behind ``submit``/``status``/``logs``/``cancel``/``runs``.
+
+``launch`` renders, records and submits; ``refresh`` asks each scheduler once for all
+unfinished runs and caches the answer in the registry.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from clusterkit.errors import LaunchError, UserError
+from clusterkit.launch.executors import get_executor
+from clusterkit.launch.records import RunRecord, atomic_write_json, atomic_write_text, read_json
+from clusterkit.launch.render import RunPaths, render_env, render_submission
+from clusterkit.launch.spec import LaunchSpec
+from clusterkit.project import Project
+
+
+def launch(project: Project, spec: LaunchSpec, *, dry_run: bool = False) -> dict:
+    """Render, record and submit ``spec``. With ``dry_run`` nothing is written or submitted."""
+    registry = project.registry
+    paths = RunPaths(registry.run_dir(spec.run_id))
+    rendered = render_submission(spec, project.profiles, paths.root)
+    result = {"run_id": spec.run_id, "run_dir": str(paths.root), "executor": spec.executor,
+              "dry_run": dry_run, "job_ids": [], "rendered": rendered}
+    if dry_run:
+        return result
+    if paths.root.exists():
+        raise LaunchError(f"run directory {paths.root} already exists")
+    paths.root.mkdir(parents=True)
+    spec.write(paths.spec)
+    atomic_write_json(paths.env, {n: r.to_dict() for n, r in render_env(spec, project.profiles, paths.root).items()})
+    atomic_write_json(paths.rendered, rendered)
+    if "slurm" in rendered:
+        atomic_write_text(paths.submission, rendered["slurm"]["sbatch"])
+    now = time.time()
+    registry.add(RunRecord(run_id=spec.run_id, kind=spec.kind, executor=spec.executor, nodes=spec.node_names,
+                           job_ids=(), state="SUBMITTING", run_dir=paths.root, created_at=now, updated_at=now))
+    try:
+        job_ids = get_executor(spec.executor).submit(spec, paths)
+    except BaseException as exc:
+        registry.update(spec.run_id, state="FAILED", summary=f"submission failed: {exc}")
+        raise
+    registry.update(spec.run_id, state="PENDING", job_ids=tuple(job_ids))
+    result["job_ids"] = job_ids
+    return result
+
+
+def refresh(project: Project, records: list[RunRecord]) -> list[RunRecord]:
+    """Current state of ``records``: one scheduler query per executor for all unfinished runs."""
+    registry = project.registry
+    by_executor: dict[str, list[tuple[RunRecord, LaunchSpec]]] = {}
+    for record in records:
+        if not record.terminal and record.job_ids:
+            spec_path = RunPaths(record.run_dir).spec
+            if spec_path.exists():
+                by_executor.setdefault(record.executor, []).append((record, LaunchSpec.read(spec_path)))
+    for executor, runs in by_executor.items():
+        for run_id, state in get_executor(executor).states(runs).items():
+            registry.update(run_id, state=state, summary=summarise(RunPaths(registry.run_dir(run_id)), state))
+    return [registry.get(r.run_id) for r in records]
+
+
+def summarise(paths: RunPaths, state: str) -> str:
+    """One line about how a finished run ended, from what its nodes wrote."""
+    if state in ("RUNNING", "PENDING", "SUBMITTING"):
+        return ""
+    failed = []
+    for path in sorted(paths.results.glob("node-*.json")) if paths.results.exists() else []:
+        data = read_json(path) or {}
+        if data.get("exit_code") not in (0, None):
+            failed.append(f"{data.get('node')} exit {data.get('exit_code')}")
+    return "; ".join(failed)
+
+
+def status(project: Project, run_id: str | None = None, limit: int = 20) -> list[RunRecord]:
+    records = [project.registry.get(run_id)] if run_id else project.registry.list(limit=limit)
+    return refresh(project, records)
+
+
+def wait(project: Project, run_id: str, timeout: float | None = None, poll: float = 0.5) -> RunRecord:
+    """Block until the run reaches a terminal state (polling backs off to 5 s)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    record = project.registry.get(run_id)
+    while True:
+        [record] = refresh(project, [record])
+        if record.terminal:
+            return record
+        if deadline is not None and time.monotonic() > deadline:
+            return record
+        time.sleep(poll)
+        poll = min(poll * 1.5, 5.0)
+
+
+def cancel(project: Project, run_id: str) -> RunRecord:
+    record = project.registry.get(run_id)
+    [record] = refresh(project, [record])
+    if record.terminal:
+        raise UserError(f"run {record.run_id} already ended ({record.state}); nothing to cancel")
+    get_executor(record.executor).cancel(record)
+    project.registry.update(record.run_id, state="CANCELLED", summary="cancelled by user")
+    return project.registry.get(record.run_id)
+
+
+def log_files(record: RunRecord) -> list[Path]:
+    """Per-rank logs first, then node (torchrun agent) logs, then scheduler logs."""
+    paths = RunPaths(record.run_dir)
+    files = sorted(paths.logs.glob("rank-*.log")) + sorted(paths.logs.glob("node-*.log"))
+    files += sorted(paths.logs.glob("agent-*.log"))
+    if paths.submitit.exists():
+        files += sorted(paths.submitit.glob("*_log.out")) + sorted(paths.submitit.glob("*_log.err"))
+    return files
+
+
+def follow(project: Project, run_id: str, poll: float = 0.5) -> Iterator[tuple[Path, str]]:
+    """Yield (file, line) as logs grow, until the run ends and every file is drained."""
+    offsets: dict[Path, int] = {}
+    record = project.registry.get(run_id)
+    while True:
+        [record] = refresh(project, [record])
+        for path in log_files(record):
+            with open(path, "rb") as handle:
+                handle.seek(offsets.get(path, 0))
+                chunk = handle.read()
+            complete = chunk[: chunk.rfind(b"\n") + 1] if not record.terminal else chunk
+            offsets[path] = offsets.get(path, 0) + len(complete)
+            for line in complete.decode(errors="replace").splitlines():
+                yield path, line
+        if record.terminal:
+            return
+        time.sleep(poll)
