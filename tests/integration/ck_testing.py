@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[2]
+
 WORKLOADS = Path(__file__).parent / "workloads"
 
 

@@ -98,3 +98,20 @@ def test_status_of_finished_jobs_falls_back_to_what_the_job_wrote(slurm_cluster,
     gone = record.__class__(**{**record.__dict__, "job_ids": ("999999",), "state": "RUNNING"})
     paths = RunPaths(record.run_dir)
     assert SlurmExecutor().states([(gone, LaunchSpec.read(paths.spec))]) == {record.run_id: "COMPLETED"}
+
+
+def test_hostile_runs_directory_on_slurm(slurm_cluster, tmp_path):
+    """Quotes, $(...), backticks, ';' and unicode in the runs path: sbatch and srun get it verbatim."""
+    from clusterkit.project import Project
+
+    from ck_testing import ROOT
+
+    hostile = tmp_path / "it's \"our\" $(touch PWNED) `touch PWNED2`; ☃ runs"
+    project = Project.from_options(str(ROOT / "nodes.yaml"), {"CLUSTERKIT_RUNS_DIR": str(hostile)})
+    spec = echo_spec(project, nodes="worker-5", gpus_per_node=1, executor="slurm", args=("--x", "$(id)"))
+    runs.launch(project, spec)
+    record = runs.wait(project, spec.run_id, timeout=180)
+    assert record.state == "COMPLETED", runs.log_files(record)
+    assert json.loads((record.run_dir / "echo" / "rank-0.json").read_text())["argv"] == ["--x", "$(id)"]
+    assert list(record.run_dir.glob("submitit/*_log.out"))  # Slurm wrote its log where we asked
+    assert not list(tmp_path.rglob("PWNED*")) and not list(Path.cwd().glob("PWNED*"))
