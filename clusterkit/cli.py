@@ -12,8 +12,8 @@ import sys
 from dataclasses import dataclass
 from typing import Optional
 
-import click
 import typer
+from typer.exceptions import TyperException
 
 from clusterkit.errors import EXIT_FAILED, EXIT_USER_ERROR, ClusterkitError
 from clusterkit.output import console, emit, envelope, fmt_seconds, print_json
@@ -79,24 +79,26 @@ def nodes(ctx: typer.Context, json_flag: bool = JSON_OPT) -> None:
     result = {"inventory": str(project.inventory_path), "slurm": live is not None, "nodes": rows}
 
     def render(_: object) -> None:
+        from rich.markup import escape
         from rich.table import Table
 
         table = Table(title=f"{project.inventory_path}  ({len(rows)} nodes)", title_justify="left")
-        for column in ("node", "GPUs", "model", "mem GiB", "CUDA", "link", "P2P", "partition"):
-            table.add_column(column)
+        for column in ("node", "GPUs", "GiB/GPU", "CUDA", "P2P", "partition"):
+            table.add_column(column, no_wrap=True)
         if live is not None:
-            table.add_column("slurm")
-        table.add_column("notes", overflow="fold", max_width=48)
+            table.add_column("slurm", no_wrap=True)
         for node, row in zip(inventory.nodes, rows):
             spec = node.gpu.spec
-            cells = [node.name, str(node.gpu.count), spec.name, f"{spec.usable_gib:.1f}", node.cuda or "?",
-                     node.interconnect.type or "?", _tri(node.interconnect.p2p), node.slurm.partition or "(default)"]
+            cells = [node.name, f"{node.gpu.count}x {spec.name.removeprefix('NVIDIA ').removeprefix('GeForce ')}", f"{spec.usable_gib:.1f}",
+                     node.cuda or "?", _tri(node.interconnect.p2p), node.slurm.partition or "-"]
             if live is not None:
                 cells.append(row["slurm_state"] or "not in slurm")
-            cells.append((node.notes or "").strip().splitlines()[0] if node.notes else "")
             table.add_row(*cells)
         out = console()
         out.print(table)
+        for node in inventory.nodes:
+            if node.notes:
+                out.print(f"[bold]{node.name}[/bold]: {escape(' '.join(node.notes.split()))}")
         if live is None:
             out.print("[dim]no Slurm controller answered: showing the inventory only[/dim]")
 
@@ -320,8 +322,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         code = app(args=argv, prog_name="clusterkit", standalone_mode=False)
         return code if isinstance(code, int) else 0
-    except click.exceptions.UsageError as exc:
-        return _fail(command, "usage_error", exc.format_message(), None, EXIT_USER_ERROR, as_json, exc.ctx)
+    except typer.Abort:
+        return 130
+    except TyperException as exc:  # typer's (vendored click) usage errors: bad flags, missing arguments
+        code = getattr(exc, "exit_code", EXIT_USER_ERROR)
+        return _fail(command, "usage_error", exc.format_message(), None, code, as_json, getattr(exc, "ctx", None))
     except ClusterkitError as exc:
         if debug:
             import traceback
@@ -337,8 +342,6 @@ def main(argv: Optional[list[str]] = None) -> int:
             if exc.hint:
                 err.print(f"[dim]hint:[/dim] {escape(exc.hint)}", highlight=False)
         return exc.exit_code
-    except click.exceptions.Abort:
-        return 130
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # a bug: say so plainly, keep the traceback one flag away

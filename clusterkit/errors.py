@@ -44,11 +44,23 @@ class UserError(ClusterkitError):
 class InvalidChoice(UserError):
     """A value that must be one of a known set. The message names value and choices."""
 
-    def __init__(self, what: str, value: object, choices: Iterable[object], *, hint: str | None = None) -> None:
+    def __init__(
+        self,
+        what: str,
+        value: object,
+        choices: Iterable[object],
+        *,
+        hint: str | None = None,
+        suggestion: str | None | bool = True,
+    ) -> None:
+        # suggestion: True = compute a did-you-mean from choices; a string = use it; None/False = none
+        # (e.g. when the value is ambiguous and the hint lists the candidates instead).
         self.what = what
         self.value = value
         self.choices = [str(c) for c in choices]
-        suggestion = did_you_mean(str(value), self.choices)
+        if suggestion is True:
+            suggestion = did_you_mean(str(value), self.choices)
+        self.suggestion = suggestion or None
         message = f"{what} {value!r} is not valid; valid choices: {', '.join(self.choices)}"
         if suggestion:
             message += f". Did you mean {suggestion!r}?"

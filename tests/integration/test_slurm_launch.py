@@ -115,3 +115,14 @@ def test_hostile_runs_directory_on_slurm(slurm_cluster, tmp_path):
     assert json.loads((record.run_dir / "echo" / "rank-0.json").read_text())["argv"] == ["--x", "$(id)"]
     assert list(record.run_dir.glob("submitit/*_log.out"))  # Slurm wrote its log where we asked
     assert not list(tmp_path.rglob("PWNED*")) and not list(Path.cwd().glob("PWNED*"))
+
+
+def test_nodes_shows_live_slurm_state(slurm_cluster, cli):
+    code, out, err = cli("nodes")
+    assert code == 0, err
+    assert out["result"]["slurm"] is True
+    states = {n["name"]: n["slurm_state"] for n in out["result"]["nodes"]}
+    assert set(states) == {f"worker-{i}" for i in range(1, 9)}
+    assert all(s in ("idle", "mixed", "allocated", "completing") for s in states.values()), states
+    code, text, _ = cli("nodes", expect_json=False)
+    assert "slurm" in text and "idle" in text
