@@ -79,20 +79,22 @@ def nodes(ctx: typer.Context, json_flag: bool = JSON_OPT) -> None:
     result = {"inventory": str(project.inventory_path), "slurm": live is not None, "nodes": rows}
 
     def render(_: object) -> None:
+        from rich import box
         from rich.markup import escape
         from rich.table import Table
 
-        table = Table(title=f"{project.inventory_path}  ({len(rows)} nodes)", title_justify="left")
-        for column in ("node", "GPUs", "GiB/GPU", "CUDA", "P2P", "partition"):
+        table = Table(title=f"{project.inventory_path}  ({len(rows)} nodes)", title_justify="left",
+                      box=box.SIMPLE_HEAD, pad_edge=False)
+        for column in ("node", "GPUs", "GiB", "CUDA", "P2P", "partition"):
             table.add_column(column, no_wrap=True)
         if live is not None:
             table.add_column("slurm", no_wrap=True)
         for node, row in zip(inventory.nodes, rows):
             spec = node.gpu.spec
-            cells = [node.name, f"{node.gpu.count}x {spec.name.removeprefix('NVIDIA ').removeprefix('GeForce ')}", f"{spec.usable_gib:.1f}",
+            cells = [node.name, f"{node.gpu.count}x {_short_gpu_name(spec.name)}", f"{spec.usable_gib:.1f}",
                      node.cuda or "?", _tri(node.interconnect.p2p), node.slurm.partition or "-"]
             if live is not None:
-                cells.append(row["slurm_state"] or "not in slurm")
+                cells.append(row["slurm_state"] or "absent")
             table.add_row(*cells)
         out = console()
         out.print(table)
@@ -103,6 +105,12 @@ def nodes(ctx: typer.Context, json_flag: bool = JSON_OPT) -> None:
             out.print("[dim]no Slurm controller answered: showing the inventory only[/dim]")
 
     emit("nodes", result, render, as_json=state.json)
+
+
+def _short_gpu_name(name: str) -> str:
+    for prefix in ("NVIDIA ", "GeForce ", "Quadro "):
+        name = name.removeprefix(prefix)
+    return name.replace(" (variant unknown)", "?")
 
 
 def _tri(value: Optional[bool]) -> str:
