@@ -27,6 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from clusterkit.launch.envprofiles import DEPRECATED_NAMES
 from clusterkit.errors import InvalidChoice, InventoryError, UserError, did_you_mean
 from clusterkit.gpus import GPUSpec, all_gpus, get_gpu, gpu_keys
 
@@ -355,6 +356,13 @@ class _FactValidators(_Frozen):
                 _fail(
                     f"{key!r} is not an environment variable name (upper case letters, digits and '_', "
                     "not starting with a digit)",
+                    value=key,
+                    sub=(key,),
+                    where="key",
+                )
+            if key in DEPRECATED_NAMES:
+                _fail(
+                    f"{key} is a deprecated name (renamed in torch 2.2); write {DEPRECATED_NAMES[key]}",
                     value=key,
                     sub=(key,),
                     where="key",

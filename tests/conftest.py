@@ -33,43 +33,11 @@ def _load_slurm_harness():
 slurm_harness = _load_slurm_harness()
 SimNode = slurm_harness.SimNode
 
-# The seed cluster, used when the repo has no nodes.yaml yet.
-SEED_NODES = [
-    SimNode("worker-1", 6, "rtx8000"),
-    SimNode("worker-2", 8, "rtx8000"),
-    SimNode("worker-3", 8, "rtx3090"),
-    SimNode("worker-4", 4, "a100"),
-    SimNode("worker-5", 8, "rtx_a6000"),
-    SimNode("worker-6", 8, "rtx_a6000"),
-    SimNode("worker-7", 4, "a40"),
-    SimNode("worker-8", 2, "rtx4090"),
-]
-
-
 def sim_nodes_from_inventory(path: Path) -> list:
-    """SimNodes for the nodes in ``path`` (nodes.yaml); the seed cluster if it does not exist."""
-    if not path.exists():
-        return list(SEED_NODES)
-    try:
-        from clusterkit.inventory import load_inventory
-    except ModuleNotFoundError as e:
-        if e.name not in ("clusterkit.inventory", "clusterkit"):
-            raise
-        return _sim_nodes_from_yaml(path)
-    inventory = load_inventory(path)
-    return [SimNode(n.name, n.gpu.count, n.gres_type, n.slurm.partition) for n in inventory.nodes]
+    """One simulated Slurm node per node of nodes.yaml, with its GPU count and GRES type."""
+    from clusterkit.inventory import load_inventory
 
-
-def _sim_nodes_from_yaml(path: Path) -> list:
-    # TODO(remove): stop-gap until clusterkit.inventory.load_inventory exists.
-    import yaml
-
-    nodes = []
-    for n in yaml.safe_load(path.read_text())["nodes"]:
-        slurm = n.get("slurm") or {}
-        gres = slurm.get("gres_type") or str(n["gpu"]["model"]).lower().replace(" ", "_").replace("-", "_")
-        nodes.append(SimNode(n["name"], int(n["gpu"]["count"]), gres, slurm.get("partition")))
-    return nodes
+    return [SimNode(n.name, n.gpu.count, n.gres_type, n.slurm.partition) for n in load_inventory(path).nodes]
 
 
 @pytest.fixture(scope="session")

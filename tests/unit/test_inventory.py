@@ -226,6 +226,14 @@ BAD_CASES = [
     ("p2p_string.yaml", 5, "nodes[0].interconnect.p2p", "no", ["true", "false", "null"], ["got 'no' (string)"]),
     ("nics_not_a_list.yaml", 5, "nodes[0].nics", "eno1", None, ["list of interface names", "got 'eno1'"]),
     ("yaml_merge_key.yaml", 6, "nodes[1]", None, None, ["merge keys ('<<') are not supported"]),
+    (
+        "deprecated_nccl_env_name.yaml",
+        6,
+        "nodes[0].nccl_env.NCCL_ASYNC_ERROR_HANDLING",
+        "NCCL_ASYNC_ERROR_HANDLING",
+        None,
+        ["deprecated name", "TORCH_NCCL_ASYNC_ERROR_HANDLING"],
+    ),
 ]
 
 

@@ -108,8 +108,9 @@ def test_folder_with_only_ema_suggests_use_ema(tmp_path, weights, tiny_stdit3_co
     with pytest.raises(CheckpointFormatError) as err:
         STDiT3.from_pretrained(tmp_path, tiny_stdit3_config)
     assert "use_ema=True" in err.value.hint
+    (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointNotFound, match="neither ema.safetensors nor ema.pt"):
-        STDiT3.from_pretrained(tmp_path / "..", tiny_stdit3_config, use_ema=True)
+        STDiT3.from_pretrained(tmp_path / "empty", tiny_stdit3_config, use_ema=True)
 
 
 @pytest.mark.parametrize("name", ["model.safetensors", "ema.pt"])
