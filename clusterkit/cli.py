@@ -7,14 +7,13 @@ time (no torch anywhere on the light commands' path).
 
 from __future__ import annotations
 
-import os
 import sys
-from dataclasses import dataclass
 from typing import Optional
 
 import typer
 from typer.exceptions import TyperException
 
+from clusterkit.cli_common import EXECUTOR_OPT, JSON_OPT, State, get_state
 from clusterkit.errors import EXIT_FAILED, EXIT_USER_ERROR, ClusterkitError
 from clusterkit.output import console, emit, envelope, fmt_seconds, print_json
 
@@ -24,28 +23,6 @@ app = typer.Typer(
 )
 diagnose_app = typer.Typer(no_args_is_help=True, help="Find out why distributed jobs hang or crawl.")
 app.add_typer(diagnose_app, name="diagnose")
-
-JSON_OPT = typer.Option(False, "--json", help="Print the versioned JSON envelope instead of tables.")
-EXECUTOR_OPT = typer.Option("auto", "--executor", help="auto (Slurm when a controller answers) | slurm | local.")
-
-
-@dataclass
-class State:
-    inventory: Optional[str] = None
-    json: bool = False
-    debug: bool = False
-
-    def project(self):
-        from clusterkit.project import Project
-
-        return Project.from_options(self.inventory, dict(os.environ))
-
-
-def _state(ctx: typer.Context, json_flag: bool = False) -> State:
-    state = ctx.find_object(State) or State()
-    state.json = state.json or json_flag
-    return state
-
 
 @app.callback()
 def _global(
@@ -64,7 +41,7 @@ def _global(
 @app.command()
 def nodes(ctx: typer.Context, json_flag: bool = JSON_OPT) -> None:
     """List the inventory, with live Slurm node state when a controller answers."""
-    state = _state(ctx, json_flag)
+    state = get_state(ctx, json_flag)
     project = state.project()
     inventory = project.inventory
     from clusterkit.launch import slurm
@@ -150,7 +127,7 @@ def _colour_state(state: str) -> str:
 def runs(ctx: typer.Context, limit: int = typer.Option(20, help="How many recent runs."),
          json_flag: bool = JSON_OPT) -> None:
     """List recent runs from the registry (states as last seen; `status` refreshes)."""
-    state = _state(ctx, json_flag)
+    state = get_state(ctx, json_flag)
     project = state.project()
     records = project.registry.list(limit=limit)
     emit("runs", {"runs": [r.to_dict() for r in records]},
@@ -164,7 +141,7 @@ def status(ctx: typer.Context, run: Optional[str] = typer.Argument(None, help="R
     """Ask the scheduler (once, for all runs) where runs stand."""
     from clusterkit.launch import runs as runs_api
 
-    state = _state(ctx, json_flag)
+    state = get_state(ctx, json_flag)
     records = runs_api.status(state.project(), run, limit=limit)
     emit("status", {"runs": [r.to_dict() for r in records]}, lambda _: _render_runs(records, "status"),
          as_json=state.json)
@@ -179,7 +156,7 @@ def logs(ctx: typer.Context, run: str = typer.Argument(..., help="Run id (or uni
     """Show a run's per-rank and per-node logs."""
     from clusterkit.launch import runs as runs_api
 
-    state = _state(ctx, json_flag)
+    state = get_state(ctx, json_flag)
     project = state.project()
     record = project.registry.get(run)
 
@@ -220,7 +197,7 @@ def cancel(ctx: typer.Context, run: str = typer.Argument(..., help="Run id (or u
     """Cancel a queued or running run (scancel, or stop the local processes)."""
     from clusterkit.launch import runs as runs_api
 
-    state = _state(ctx, json_flag)
+    state = get_state(ctx, json_flag)
     record = runs_api.cancel(state.project(), run)
     emit("cancel", record.to_dict(), lambda _: console().print(f"cancelled {record.run_id} ({','.join(record.job_ids)})"),
          as_json=state.json)
@@ -247,7 +224,7 @@ def diagnose_nccl(
     from clusterkit.diagnose.collective import run_collective_check
     from clusterkit.launch.envprofiles import parse_env_assignments
 
-    state = _state(ctx, json_flag)
+    state = get_state(ctx, json_flag)
     if nodes_opt and node:
         from clusterkit.errors import UserError
 
@@ -317,6 +294,10 @@ def _render_collective(result: dict) -> None:
         out.print(f"[red]{result['summary'] or 'the job did not finish cleanly'}[/red]; logs:")
         for path in result["logs"]:
             out.print(f"  {path}")
+
+
+# ---------------------------------------------------------------------------- commands in their own modules
+# Each module exposes register(app) and adds exactly one line here.
 
 
 # ---------------------------------------------------------------------------- error boundary

@@ -151,7 +151,7 @@ def render_torchrun_argv(
             "--rdzv-conf", f"join_timeout={spec.rdzv_timeout_s}",
         ]
     argv += [
-        "--nproc-per-node", str(spec.gpus_per_node),
+        "--nproc-per-node", str(spec.nproc_per_node),
         "--max-restarts", "0",  # restarts go through Slurm requeue, never a half-world retry
         "-m", RANK_MAIN, str(run_dir), spec.entry, *spec.args,
     ]

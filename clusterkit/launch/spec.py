@@ -47,6 +47,7 @@ class LaunchSpec:
     cpus_per_task: int | None = None
     port_range: tuple[int, int] = DEFAULT_PORT_RANGE
     rdzv_timeout_s: int = 300
+    procs_per_node: int | None = None  # ranks per node; default one per GPU (probes use 1)
 
     def __post_init__(self) -> None:
         if not _SAFE_NAME.match(self.run_id):
@@ -68,6 +69,8 @@ class LaunchSpec:
                     f"--gpus-per-node {self.gpus_per_node} is more than {node.name} has ({node.gpu_count} GPUs)",
                     hint=f"use --gpus-per-node {min(n.gpu_count for n in self.nodes)} or fewer",
                 )
+        if self.procs_per_node is not None and (not isinstance(self.procs_per_node, int) or self.procs_per_node < 1):
+            raise UserError(f"processes per node {self.procs_per_node!r} must be a positive integer")
         if not _MODULE.match(self.entry):
             raise UserError(f"entry {self.entry!r} is not a python module path")
         if self.time_limit_min < 1:
@@ -85,8 +88,12 @@ class LaunchSpec:
         return len(self.nodes)
 
     @property
+    def nproc_per_node(self) -> int:
+        return self.procs_per_node or self.gpus_per_node
+
+    @property
     def world_size(self) -> int:
-        return self.nnodes * self.gpus_per_node
+        return self.nnodes * self.nproc_per_node
 
     @property
     def node_names(self) -> tuple[str, ...]:
