@@ -109,3 +109,17 @@ def test_failed_rank_fails_the_run(project):
     assert "worker-5 exit" in record.summary
     log = (record.run_dir / "logs" / "rank-000.log").read_text()
     assert "No module named ck_missing_module" in log
+
+
+def test_logs_show_and_follow_every_rank(project, cli):
+    spec = echo_spec(project, nodes="worker-5", gpus_per_node=2, executor="local", args=("--sleep", "2"))
+    runs.launch(project, spec)
+    code, text, err = cli("logs", spec.run_id, "--follow", expect_json=False, timeout=120)
+    assert code == 0, err
+    assert "rank-000| [clusterkit] rank 0/2" in text and "rank-001| [clusterkit] rank 1/2" in text
+    code, out, _ = cli("logs", spec.run_id, "--rank", "1")
+    files = out["result"]["files"]
+    assert list(files) == [str(RunPaths(project.registry.run_dir(spec.run_id)).rank_log(1))]
+    assert any("rank 1/2" in line for line in next(iter(files.values())))
+    code, out, _ = cli("status", spec.run_id)
+    assert out["result"]["runs"][0]["state"] == "COMPLETED"
