@@ -46,7 +46,10 @@ def read_state_dict(path: str | Path, *, use_ema: bool = False) -> tuple[dict[st
     """All tensors stored at ``path`` (see the module docstring) and a description of where they came from."""
     path = Path(path)
     if not path.exists():
-        raise CheckpointNotFound(f"checkpoint {path} does not exist")
+        hint = None
+        if len(path.parts) == 2 and not str(path).startswith((".", "/", "~")):  # looks like a Hub id
+            hint = f"download it first, e.g. `huggingface-cli download {path} --local-dir DIR`"
+        raise CheckpointNotFound(f"checkpoint {path} does not exist", hint=hint)
     if path.is_file():
         if use_ema:
             raise CheckpointFormatError(f"use_ema=True needs a training checkpoint folder, got the file {path}")

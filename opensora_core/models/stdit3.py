@@ -72,10 +72,8 @@ class CaptionEmbedder(nn.Module):
 
 
 class FrameModulation:
-    """adaLN-style modulation vectors of one block, chosen per frame between time t and time 0.
-
-    ``offset``/``offset0`` broadcast against ``table`` [rows, C] (as [B, rows, C] or [B, 1, C]).
-    """
+    """adaLN-style modulation of one block: ``table`` [6, C] plus the time embedding [B, 6, C];
+    with ``x_mask``, frames marked False take the values of time 0 (``offset0``) instead."""
 
     def __init__(self, table, offset, offset0, x_mask, num_frames: int) -> None:
         self.values = (table[None] + offset).unbind(1)
@@ -196,7 +194,8 @@ class STDiT3(nn.Module):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
         nn.init.xavier_uniform_(self.x_embedder.proj.weight.view(self.config.hidden_size, -1))
-        for linear in (*self.t_embedder.mlp[::2], self.t_block[1], self.y_embedder.y_proj.fc1, self.y_embedder.y_proj.fc2):
+        y_proj = self.y_embedder.y_proj
+        for linear in (*self.t_embedder.mlp[::2], self.t_block[1], y_proj.fc1, y_proj.fc2):
             nn.init.normal_(linear.weight, std=0.02)
         for block in self.temporal_blocks:
             for linear in (block.attn.proj, block.cross_attn.proj, block.mlp.fc2):
@@ -206,6 +205,16 @@ class STDiT3(nn.Module):
     def null_caption(self, batch_size: int) -> torch.Tensor:
         """The learned unconditional caption [batch_size, 1, model_max_length, caption_channels] for CFG."""
         return self.y_embedder.y_embedding[None, None].repeat(batch_size, 1, 1, 1)
+
+    def cfg_model_fn(self, y: torch.Tensor, mask: torch.Tensor | None, *, fps, height, width):
+        """The ``model_fn`` ``rectified_flow.sample`` expects: the doubled batch [z; z] is paired with
+        captions [y; learned null caption]; ``mask`` (the prompts' mask) is reused for the null half."""
+        captions = torch.cat([y, self.null_caption(y.shape[0]).to(y)])
+
+        def model_fn(z: torch.Tensor, t: torch.Tensor, x_mask: torch.Tensor | None) -> torch.Tensor:
+            return self(z, t, captions, mask=mask, x_mask=x_mask, fps=fps, height=height, width=width)
+
+        return model_fn
 
     def forward(
         self,
@@ -263,6 +272,8 @@ class STDiT3(nn.Module):
         """Project captions and pack every sample's valid tokens (mask != 0), in order."""
         if self.config.skip_y_embedder:
             # y is already projected and packed [1, sum(L), hidden]; mask holds the lengths.
+            if mask is None:
+                raise ModelInputError("with skip_y_embedder, mask must hold each sample's caption length")
             lengths = tuple(int(n) for n in (mask.tolist() if torch.is_tensor(mask) else mask))
             return _text_context(y.reshape(-1, self.config.hidden_size), lengths, batch)
         if y.ndim != 4 or y.shape[0] != batch or y.shape[1] != 1 or y.shape[3] != self.config.caption_channels:
@@ -321,8 +332,8 @@ class STDiT3(nn.Module):
         ``.safetensors``/``.pt``/``.pth``/``.bin`` file, a folder of shards with an index json, or an
         Open-Sora training checkpoint folder (its ``model/`` shards, or ``ema.*`` with ``use_ema``).
 
-        The config comes from config.json when the folder has one, else from ``config`` (default
-        XL/2); keyword ``overrides`` replace config fields (e.g. ``enable_flash_attn=True``).
+        The config is ``config`` when given, else the folder's config.json, else XL/2; keyword
+        ``overrides`` replace config fields (e.g. ``enable_flash_attn=True``).
         """
         from ..checkpoint import load_pretrained, read_config_json
 

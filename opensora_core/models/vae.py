@@ -232,7 +232,8 @@ class VideoVAE(nn.Module):
             config = VideoVAEConfig() if config_json is None else VideoVAEConfig.from_hf_config(config_json, Path(path))
         if micro_batch_size is not None:
             config = dataclasses.replace(config, micro_batch_size=micro_batch_size)
-        what = f"VideoVAE(temporal filters={config.temporal.filters}, spatial {config.spatial.get('block_out_channels')})"
+        widths = config.spatial.get("block_out_channels")
+        what = f"VideoVAE(spatial widths {widths}, temporal filters {config.temporal.filters})"
         return load_pretrained(lambda: cls(config), path, what=what, dtype=dtype, device=device)
 
 

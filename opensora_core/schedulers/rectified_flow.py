@@ -92,10 +92,9 @@ def timesteps(
             f"num_frames={frames0}: v1.2's timestep shift is zero for 2..16 frames (every step would be t=0); "
             "use 1 (image) or at least 17 frames"
         )
-    return torch.stack(
-        [timestep_transform(row, height, width, num_frames, num_timesteps=num_timesteps, scale=transform_scale)
-         for row in times]  # fmt: skip
-    )
+    shift = [timestep_transform(row, height, width, num_frames, num_timesteps=num_timesteps, scale=transform_scale)
+             for row in times]  # fmt: skip
+    return torch.stack(shift)
 
 
 def step(
@@ -159,7 +158,9 @@ def sample(
     return z
 
 
-def add_noise(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, num_timesteps: int = NUM_TIMESTEPS) -> torch.Tensor:
+def add_noise(
+    x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, num_timesteps: int = NUM_TIMESTEPS
+) -> torch.Tensor:
     """x_t = (1 - t/N) * x0 + (t/N) * noise, per sample (t is [B])."""
     keep = (1 - t.float() / num_timesteps).view(-1, *([1] * (x0.ndim - 1)))
     return keep * x0 + (1 - keep) * noise

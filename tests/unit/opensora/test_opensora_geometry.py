@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import pytest
-from clusterkit.errors import InvalidChoice, UserError
 from safetensors.numpy import load_file
 
+from clusterkit.errors import InvalidChoice, UserError
 from opensora_core import geometry
 
 

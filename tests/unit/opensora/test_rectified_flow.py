@@ -63,6 +63,19 @@ def test_timesteps_needs_metadata_for_the_transform():
         rf.timesteps(30)
 
 
+def test_video_conditions():
+    video = video_conditions(2, 720, 1280, 102, fps=30)
+    assert {k: v.tolist() for k, v in video.items()} == {
+        "height": [720.0] * 2,
+        "width": [1280.0] * 2,
+        "num_frames": [102.0] * 2,
+        "fps": [30.0] * 2,
+        "ar": [pytest.approx(0.5625)] * 2,
+    }
+    assert video_conditions(1, 720, 1280, 1)["fps"].item() == 120  # images: IMG_FPS
+    assert video_conditions(1, 480, 854, 51, dtype=torch.bfloat16)["width"].item() == 856  # bf16 rounding
+
+
 def test_fp16_metadata_is_upcast():
     meta16 = video_conditions(1, 720, 1280, 102, dtype=torch.float16)
     meta32 = video_conditions(1, 720, 1280, 102)
@@ -77,14 +90,14 @@ def test_five_step_cfg_sampling_run(tiny_stdit3, rflow_fx, tol):
     args = {k: fx[f"sample.args.{k}"] for k in ("height", "width", "num_frames", "fps")}
     times = rf.timesteps(5, height=args["height"], width=args["width"], num_frames=args["num_frames"], batch_size=2)
     tol.check(times[:, 0], fx["sample.timesteps"], tol.timesteps)
-    captions = torch.cat([fx["sample.y"], tiny_stdit3.null_caption(2)])
+    guided = tiny_stdit3.cfg_model_fn(
+        fx["sample.y"], fx["sample.mask"], fps=args["fps"], height=args["height"], width=args["width"]
+    )
     outputs = []
 
     def model_fn(z, t, x_mask):
-        out = tiny_stdit3(z, t, captions, mask=fx["sample.mask"], x_mask=x_mask,
-                          fps=args["fps"], height=args["height"], width=args["width"])  # fmt: skip
-        outputs.append(out)
-        return out
+        outputs.append(guided(z, t, x_mask))
+        return outputs[-1]
 
     final = rf.sample(model_fn, fx["sample.z0"], times, cfg_scale=7.0)
     assert len(outputs) == 5
@@ -131,7 +144,9 @@ def test_frame_mask_conditioning():
         seen.append(x_mask.clone())
         return torch.zeros_like(z)
 
-    out = rf.sample(model_fn, reference.clone(), times, frame_mask=frame_mask, generator=torch.Generator().manual_seed(0))
+    out = rf.sample(
+        model_fn, reference.clone(), times, frame_mask=frame_mask, generator=torch.Generator().manual_seed(0)
+    )
     expected = [[False, False, True], [False, False, True], [False, True, True], [False, True, True]]
     assert [m[0].tolist() for m in seen] == expected
     assert all(m.shape == (2, 3) for m in seen)

@@ -94,8 +94,16 @@ def test_training_checkpoint_folder_loads_model_shards_or_ema(tmp_path, weights,
 
 
 def test_missing_path(tmp_path):
-    with pytest.raises(CheckpointNotFound, match="does not exist"):
+    with pytest.raises(CheckpointNotFound, match="does not exist") as err:
         STDiT3.from_pretrained(tmp_path / "nope")
+    assert err.value.hint is None
+
+
+def test_hub_ids_are_not_downloaded(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointNotFound) as err:
+        STDiT3.from_pretrained("hpcai-tech/OpenSora-STDiT-v3")
+    assert "huggingface-cli download hpcai-tech/OpenSora-STDiT-v3" in err.value.hint
 
 
 def test_folder_without_weights(tmp_path):
@@ -109,7 +117,7 @@ def test_folder_with_only_ema_suggests_use_ema(tmp_path, weights, tiny_stdit3_co
         STDiT3.from_pretrained(tmp_path, tiny_stdit3_config)
     assert "use_ema=True" in err.value.hint
     (tmp_path / "empty").mkdir()
-    with pytest.raises(CheckpointNotFound, match="neither ema.safetensors nor ema.pt"):
+    with pytest.raises(CheckpointNotFound, match=r"neither ema\.safetensors nor ema\.pt"):
         STDiT3.from_pretrained(tmp_path / "empty", tiny_stdit3_config, use_ema=True)
 
 
@@ -150,7 +158,7 @@ def test_wrong_config_names_the_first_mismatching_key(tmp_path, weights):
 def test_wrong_shape_deep_in_the_model(tmp_path, weights, tiny_stdit3_config):
     weights["temporal_blocks.1.mlp.fc2.weight"] = torch.zeros(64, 128)
     save_file(weights, str(tmp_path / "bad.safetensors"))
-    with pytest.raises(CheckpointMismatch, match="'temporal_blocks.1.mlp.fc2.weight' has shape \\[64, 128\\]"):
+    with pytest.raises(CheckpointMismatch, match=r"'temporal_blocks\.1\.mlp\.fc2\.weight' has shape \[64, 128\]"):
         STDiT3.from_pretrained(tmp_path / "bad.safetensors", tiny_stdit3_config)
 
 
@@ -167,7 +175,7 @@ def test_missing_and_unexpected_keys(tmp_path, weights, tiny_stdit3_config):
 def test_index_pointing_at_a_missing_shard(tmp_path, weights, tiny_stdit3_config):
     write_shards(tmp_path / "model", weights, "safetensors")
     next((tmp_path / "model").glob("model-00002*")).unlink()
-    with pytest.raises(CheckpointNotFound, match="shard .*model-00002-of-00002.safetensors"):
+    with pytest.raises(CheckpointNotFound, match=r"shard .*model-00002-of-00002\.safetensors"):
         STDiT3.from_pretrained(tmp_path / "model", tiny_stdit3_config)
 
 
@@ -177,7 +185,7 @@ def test_index_listing_a_tensor_no_shard_holds(tmp_path, weights, tiny_stdit3_co
     data = json.loads(index.read_text())
     data["weight_map"]["ghost.weight"] = "model-00001-of-00002.safetensors"
     index.write_text(json.dumps(data))
-    with pytest.raises(CheckpointFormatError, match="first 'ghost.weight'"):
+    with pytest.raises(CheckpointFormatError, match=r"first 'ghost\.weight'"):
         STDiT3.from_pretrained(tmp_path / "model", tiny_stdit3_config)
 
 
