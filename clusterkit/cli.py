@@ -215,12 +215,17 @@ def diagnose_nccl(
     executor: str = EXECUTOR_OPT,
     nccl_profile: Optional[str] = typer.Option(None, "--nccl-profile", help="Profile from env/nccl.yaml (default: debug)."),
     env: list[str] = typer.Option([], "--env", metavar="KEY=VALUE", help="Extra environment (wins over profiles)."),
-    sizes: Optional[str] = typer.Option(None, "--sizes", help="Message sizes, e.g. 8K,1M,64M."),
-    timeout: float = typer.Option(120.0, "--timeout", help="Seconds before a collective counts as hung."),
+    ops: Optional[str] = typer.Option(None, "--ops", help="all_reduce,all_gather,reduce_scatter,all_to_all (default: all)."),
+    sizes: Optional[str] = typer.Option(None, "--sizes", help="8K,1M,64M or a range 8K:1G (default: 8K:1G on GPUs)."),
+    timeout: float = typer.Option(60.0, "--timeout", help="Seconds a collective may wait before it counts as hung."),
+    apply: bool = typer.Option(False, "--apply", help="Write the recommended per-node env into nodes.yaml."),
+    no_plot: bool = typer.Option(False, "--no-plot", help="Skip the PNG plot."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be submitted; submit nothing."),
+    stall_rank: Optional[int] = typer.Option(None, "--stall-rank", hidden=True, help="Test hook: this rank stalls."),
     json_flag: bool = JSON_OPT,
 ) -> None:
-    """Run the collective check (all_reduce + all_to_all, verified and timed) on nodes."""
+    """Benchmark and check the fabric (all_reduce, all_gather, reduce_scatter, all_to_all),
+    name the ranks that never arrive when a collective hangs, and say which env to change."""
     from clusterkit.diagnose.collective import run_collective_check
     from clusterkit.launch.envprofiles import parse_env_assignments
 
@@ -229,13 +234,20 @@ def diagnose_nccl(
         from clusterkit.errors import UserError
 
         raise UserError("give either --nodes or --node, not both")
+    project = state.project()
     result = run_collective_check(
-        state.project(), nodes=nodes_opt or node, gpus_per_node=gpus_per_node, executor=executor,
-        nccl_profile=nccl_profile, env=parse_env_assignments(env), timeout_s=timeout, sizes=sizes, dry_run=dry_run,
+        project, nodes=nodes_opt or node, gpus_per_node=gpus_per_node, executor=executor,
+        nccl_profile=nccl_profile, env=parse_env_assignments(env), timeout_s=timeout, sizes=sizes, ops=ops,
+        dry_run=dry_run, plot=not no_plot, stall_rank=stall_rank,
     )
     if dry_run:
         emit("diagnose nccl", result, _render_dry_run, as_json=state.json)
         return
+    if apply and result["recommendations"]:
+        from clusterkit.diagnose.recommend import EnvRecommendation, apply_env_edits
+
+        apply_env_edits(project.inventory_path, [EnvRecommendation(**r) for r in result["recommendations"]])
+        result["applied_to"] = str(project.inventory_path)
     emit("diagnose nccl", result, _render_collective, as_json=state.json, ok=result["ok"])
     if not result["ok"]:
         raise typer.Exit(EXIT_FAILED)
@@ -262,6 +274,8 @@ def _render_dry_run(result: dict) -> None:
 
 
 def _render_collective(result: dict) -> None:
+    from rich import box
+    from rich.markup import escape
     from rich.table import Table
 
     out = console()
@@ -269,7 +283,7 @@ def _render_collective(result: dict) -> None:
     out.print(f"collective check {verdict}: run {result['run_id']} ({result['executor']}, "
               f"jobs {','.join(result['job_ids'])}), state {result['state']}, world size "
               f"{result['world_size']}/{result['expected_world_size']}, backend {result['backend']}")
-    ranks = Table(title="ranks", title_justify="left")
+    ranks = Table(title="ranks", title_justify="left", box=box.SIMPLE_HEAD)
     for column in ("rank", "node", "host", "local", "device", "pid", "init s"):
         ranks.add_column(column)
     for r in result["ranks"]:
@@ -281,23 +295,59 @@ def _render_collective(result: dict) -> None:
     if result["checks"]:
         out.print(f"checks: {len(result['checks']) - len(bad)}/{len(result['checks'])} correct")
     for c in bad:
-        out.print(f"  [red]rank {c['rank']} {c['op']} wrong[/red]: {c}")
+        out.print(f"  [red]rank {c['rank']} {c['op']} wrong[/red]: {escape(str(c))}")
     if result["timings"]:
-        timings = Table(title="timings (slowest rank)", title_justify="left")
-        for column in ("op", "bytes", "time us", "algbw GB/s", "busbw GB/s"):
-            timings.add_column(column, justify="right")
+        timings = Table(title="bandwidth (slowest rank; busbw per nccl-tests)", title_justify="left",
+                        box=box.SIMPLE_HEAD)
+        for column in ("scope", "op", "size", "time us", "busbw GB/s", "expected"):
+            timings.add_column(column, justify="right" if column not in ("scope", "op") else "left",
+                               no_wrap=column == "scope")
         for t in result["timings"]:
-            timings.add_row(t["op"], f"{t['bytes']:,}", f"{t['time_us']:.1f}", f"{t['algbw_gbs']:.3f}",
-                            f"{t['busbw_gbs']:.3f}")
+            expected = f"{t['expected_busbw_gbs']:.0f}" if t.get("expected_busbw_gbs") else "-"
+            busbw = f"{t['busbw_gbs']:.3f}"
+            timings.add_row(t["scope"], t["op"], _human_bytes(t["bytes"]), f"{t['time_us']:.0f}",
+                            f"[red]{busbw}[/red]" if t.get("flag") else busbw, expected)
         out.print(timings)
+        for t in result["timings"]:
+            if t.get("flag"):
+                out.print(f"[red]slow link[/red] {t['scope']} {t['op']}: {escape(t['flag'])}")
+    hang = result.get("hang")
+    if hang:
+        out.print(f"[red]hang:[/red] {escape(hang['verdict'])}")
+        for m in hang["missing"]:
+            out.print(f"  rank {m['rank']} on {m['host'] or '?'} ({m['node'] or '?'}): last seen {escape(m['last'])}")
+    for rec in result.get("recommendations", []):
+        out.print(f"[yellow]recommend[/yellow] {rec['node']}: {rec['key']}={rec['value']}  ({escape(rec['reason'])})")
+    if result.get("recommendations"):
+        from clusterkit.diagnose.recommend import EnvRecommendation, render_edits
+
+        edits = render_edits([EnvRecommendation(**r) for r in result["recommendations"]])
+        if result.get("applied_to"):
+            out.print(f"written to {result['applied_to']}:")
+        else:
+            out.print("nodes.yaml edit (or rerun with --apply):")
+        out.out(edits, highlight=False)
+    if result.get("plot"):
+        out.print(f"plot: {result['plot']}")
     if not result["ok"]:
-        out.print(f"[red]{result['summary'] or 'the job did not finish cleanly'}[/red]; logs:")
+        out.print(f"[red]{escape(result['summary'] or 'the job did not finish cleanly')}[/red]; logs:")
         for path in result["logs"]:
             out.print(f"  {path}")
 
 
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "K", "M", "G"):
+        if n < 1024 or unit == "G":
+            return f"{n:g}{unit}" if unit == "B" else f"{n:g}{unit}"
+        n /= 1024
+    return f"{n}"
+
+
 # ---------------------------------------------------------------------------- commands in their own modules
 # Each module exposes register(app) and adds exactly one line here.
+from clusterkit.cli_plan import register as _register_plan; _register_plan(app)  # noqa: E402,E702
+from clusterkit.cli_preflight import register as _register_preflight; _register_preflight(app)  # noqa: E402,E702
+from clusterkit.cli_submit import register as _register_submit; _register_submit(app)  # noqa: E402,E702
 
 
 # ---------------------------------------------------------------------------- error boundary

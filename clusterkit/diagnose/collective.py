@@ -1,32 +1,51 @@
-"""``clusterkit diagnose nccl`` (first form): run the collective check on chosen nodes and
-report world size, ranks, hosts, correctness and timings."""
+"""``clusterkit diagnose nccl``: run the collective check / fabric benchmark on chosen nodes,
+watch every rank's heartbeat, and report correctness, bandwidth against what the fabric
+should reach, the ranks that never arrived when something hangs, and the env to change."""
 
 from __future__ import annotations
 
+import time
+
+from clusterkit.diagnose.expected import annotate
+from clusterkit.diagnose.hang import find_hang, read_heartbeats
+from clusterkit.diagnose.recommend import recommend_from_inventory, recommend_from_timings
 from clusterkit.errors import UserError
 from clusterkit.jobs import load_preset
 from clusterkit.launch import runs
 from clusterkit.launch.executors import pick_executor
-from clusterkit.launch.records import new_run_id, read_json
+from clusterkit.launch.records import atomic_write_json, new_run_id, read_json
 from clusterkit.launch.render import RunPaths
 from clusterkit.launch.spec import LaunchSpec, node_slots
 from clusterkit.project import Project
 
 PRESET = "collective-check"
+OPS = ("all_reduce", "all_gather", "reduce_scatter", "all_to_all")
 
 
-def run_collective_check(
-    project: Project,
-    *,
-    nodes: str | None,
-    gpus_per_node: int | None = None,
-    executor: str = "auto",
-    nccl_profile: str | None = None,
-    env: dict[str, str] | None = None,
-    timeout_s: float = 120.0,
-    sizes: str | None = None,
-    dry_run: bool = False,
-) -> dict:
+def _check_ops(ops: str | None) -> None:
+    for op in (ops or "").split(","):
+        if op.strip() and op.strip() not in OPS:
+            from clusterkit.errors import InvalidChoice
+
+            raise InvalidChoice("--ops entry", op.strip(), OPS)
+
+
+def _check_sizes(sizes: str | None) -> None:
+    if not sizes:
+        return
+    import argparse
+
+    from clusterkit.diagnose.sizes import parse_sizes
+
+    try:
+        parse_sizes(sizes)
+    except argparse.ArgumentTypeError as exc:
+        raise UserError(f"--sizes {sizes!r}: {exc}; write a list like 8K,1M,64M or a range like 8K:1G")
+
+
+def build_spec(project: Project, *, nodes: str | None, gpus_per_node: int | None, executor: str,
+               nccl_profile: str | None, env: dict[str, str] | None, timeout_s: float, sizes: str | None,
+               ops: str | None, stall_rank: int | None = None) -> LaunchSpec:
     if not nodes:
         raise UserError(
             "choose the nodes to check with --nodes a,b or --node NAME",
@@ -34,15 +53,20 @@ def run_collective_check(
         )
     if timeout_s <= 0:
         raise UserError(f"--timeout {timeout_s:g} must be a positive number of seconds")
+    _check_ops(ops)
+    _check_sizes(sizes)
     preset = load_preset(project.jobs_dir, PRESET)
     slots = node_slots(project.inventory, nodes)
     run_id = new_run_id(preset.kind)
     paths = RunPaths(project.registry.run_dir(run_id))
     args = list(preset.args)
-    if sizes:
-        args += ["--sizes", sizes]
-    args += ["--result", str(paths.result), "--timeout", f"{timeout_s:g}"]
-    spec = LaunchSpec(
+    for flag, value in (("--sizes", sizes), ("--ops", ops)):
+        if value:
+            args += [flag, value]
+    args += ["--result", str(paths.result), "--heartbeat-dir", str(paths.heartbeats), "--timeout", f"{timeout_s:g}"]
+    if stall_rank is not None:
+        args += ["--stall-rank", str(stall_rank)]
+    return LaunchSpec(
         run_id=run_id, kind=preset.kind, nodes=slots,
         gpus_per_node=gpus_per_node if gpus_per_node is not None else min(s.gpu_count for s in slots),
         entry=preset.entry, args=tuple(args), executor=pick_executor(executor),
@@ -50,21 +74,54 @@ def run_collective_check(
         time_limit_min=preset.time_limit_min, port_range=preset.port_range,
         rdzv_timeout_s=preset.rdzv_timeout_s, cpus_per_task=preset.cpus_per_task,
     )
+
+
+def watch(project: Project, spec: LaunchSpec, timeout_s: float, poll: float = 0.5) -> tuple[object, dict | None]:
+    """Wait for the run; cancel it as soon as the heartbeats show a hang. -> (record, hang)."""
+    paths = RunPaths(project.registry.run_dir(spec.run_id))
+    deadline = time.monotonic() + timeout_s + spec.rdzv_timeout_s + 60  # queue + start-up + the sweep
+    record = project.registry.get(spec.run_id)
+    while True:
+        [record] = runs.refresh(project, [record])
+        beats = read_heartbeats(paths.heartbeats)
+        if record.terminal:
+            # post-mortem: who was still waiting when the job died (timeout 0: any wait counts)
+            hang = find_hang(beats, now=time.time(), timeout=0, world_size=spec.world_size)
+            return record, hang if record.state != "COMPLETED" else None
+        hang = find_hang(beats, now=time.time(), timeout=timeout_s, world_size=spec.world_size)
+        if hang or time.monotonic() > deadline:
+            runs.cancel(project, spec.run_id)
+            project.registry.update(spec.run_id, summary=hang["verdict"] if hang else "no progress before the deadline")
+            return project.registry.get(spec.run_id), hang or {
+                "verdict": "no result before the deadline and no rank waiting at a collective: "
+                           "the job never started (still queued?) or a rank died before its first heartbeat",
+                "missing": [], "waiting": [], "step": None}
+        time.sleep(poll)
+        poll = min(poll * 1.3, 2.0)
+
+
+def run_collective_check(project: Project, *, nodes: str | None, gpus_per_node: int | None = None,
+                         executor: str = "auto", nccl_profile: str | None = None, env: dict[str, str] | None = None,
+                         timeout_s: float = 60.0, sizes: str | None = None, ops: str | None = None,
+                         dry_run: bool = False, plot: bool = True, stall_rank: int | None = None) -> dict:
+    spec = build_spec(project, nodes=nodes, gpus_per_node=gpus_per_node, executor=executor,
+                      nccl_profile=nccl_profile, env=env, timeout_s=timeout_s, sizes=sizes, ops=ops,
+                      stall_rank=stall_rank)
     submitted = runs.launch(project, spec, dry_run=dry_run)
     if dry_run:
         return submitted
-    # startup (queue, imports, rendezvous) + the collectives themselves
-    record = runs.wait(project, run_id, timeout=timeout_s + spec.rdzv_timeout_s + 60)
-    if not record.terminal:
-        runs.cancel(project, run_id)
-        record = project.registry.get(run_id)
-        state = f"TIMEOUT (cancelled after {timeout_s + spec.rdzv_timeout_s + 60:g}s)"
-    else:
-        state = record.state
+    paths = RunPaths(project.registry.run_dir(spec.run_id))
+    record, hang = watch(project, spec, timeout_s)
     report = read_json(paths.result) or {}
-    return {
+    timings = report.get("timings", [])
+    if spec.nnodes == 1:
+        timings = [{**t, "single_node": spec.node_names[0]} if t["scope"] == "world" else t for t in timings]
+    timings = annotate(timings, project.inventory, report.get("backend") or "")
+    recommendations = recommend_from_inventory(project.inventory, list(spec.node_names))
+    recommendations += recommend_from_timings(project.inventory, timings)
+    result = {
         **submitted,
-        "state": state,
+        "state": record.state,
         "ok": record.state == "COMPLETED" and bool(report.get("ok")),
         "world_size": report.get("world_size"),
         "expected_world_size": spec.world_size,
@@ -72,7 +129,17 @@ def run_collective_check(
         "hosts": report.get("hosts", []),
         "ranks": report.get("ranks", []),
         "checks": report.get("checks", []),
-        "timings": report.get("timings", []),
+        "timings": timings,
+        "hang": hang,
+        "recommendations": [r.to_dict() for r in recommendations],
         "summary": record.summary,
         "logs": [str(p) for p in runs.log_files(record)],
+        "plot": None,
     }
+    if timings and plot:
+        from clusterkit.diagnose.plot import plot_busbw
+
+        title = f"{spec.run_id}: {','.join(spec.node_names)} x {spec.nproc_per_node} ({report.get('backend')})"
+        result["plot"] = str(plot_busbw(timings, paths.root / "fabric.png", title))
+    atomic_write_json(paths.root / "diagnosis.json", result)
+    return result

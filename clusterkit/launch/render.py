@@ -63,6 +63,10 @@ class RunPaths:
         return self.root / "result.json"
 
     @property
+    def heartbeats(self) -> Path:
+        return self.root / "heartbeats"
+
+    @property
     def local(self) -> Path:
         return self.root / "local.json"
 

@@ -43,6 +43,31 @@ def test_diagnose_nccl_two_nodes_two_processes(slurm_cluster, cli):
     assert {r["cuda_visible_devices"] for r in ranks} == {"0,1"}
     code, out, _ = cli("status", result["run_id"])
     assert out["result"]["runs"][0]["state"] == "COMPLETED"
+    # the fabric benchmark: every op and size in every scope, saved as JSON and PNG with the run
+    scopes = {t["scope"] for t in result["timings"]}
+    assert scopes == {"world", "intra:worker-5", "intra:worker-8", "inter:worker-5-worker-8"}
+    assert {t["op"] for t in result["timings"]} == {"all_reduce", "all_gather", "reduce_scatter", "all_to_all"}
+    assert all(t["busbw_gbs"] > 0 and t["expected_busbw_gbs"] is None for t in result["timings"])  # gloo: no GPU fabric
+    png = Path(result["plot"])
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert read_json(paths.root / "diagnosis.json")["timings"] == result["timings"]
+
+
+def test_diagnose_names_a_stalled_rank_within_its_timeout(slurm_cluster, cli):
+    start = time.monotonic()
+    code, out, err = cli("diagnose", "nccl", "--nodes", "worker-6,worker-7", "--gpus-per-node", "2",
+                         "--timeout", "10", "--stall-rank", "2", "--no-plot")
+    elapsed = time.monotonic() - start
+    assert code == 1, err
+    hang = out["result"]["hang"]
+    assert [m["rank"] for m in hang["missing"]] == [2]
+    assert hang["missing"][0]["host"] and hang["missing"][0]["node"] in ("worker-6", "worker-7")
+    assert "rank 2 never arrived" in hang["verdict"]
+    assert out["result"]["state"] == "CANCELLED"
+    assert elapsed < 10 + 60  # the timeout plus start-up, never NCCL's 30-minute watchdog
+    queue = subprocess.run(["squeue", "-h", "-j", out["result"]["job_ids"][0], "-o", "%T"],
+                           capture_output=True, text=True).stdout
+    assert "RUNNING" not in queue
 
 
 def test_two_concurrent_jobs_on_the_same_nodes_get_different_ports(slurm_cluster, project):
