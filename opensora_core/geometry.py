@@ -25,6 +25,8 @@ __all__ = [
     "NUM_FRAMES_MAP",
     "PATCH_SIZE",
     "RESOLUTIONS",
+    "TRAINED_NUM_FRAMES",
+    "UNTRAINED_LENGTHS",
     "VAE_MICRO_FRAMES",
     "VAE_SPATIAL_FACTOR",
     "VAE_TEMPORAL_FACTOR",
@@ -34,9 +36,11 @@ __all__ = [
     "get_image_size",
     "get_num_frames",
     "get_num_pixels",
+    "is_trained_length",
     "latent_frames",
     "latent_size",
     "patch_grid",
+    "sp_spatial_tokens",
     "video_geometry",
 ]
 
@@ -53,6 +57,12 @@ VAE_MICRO_FRAMES = 17
 PATCH_SIZE: tuple[int, int, int] = (1, 2, 2)
 #: The fps the model is conditioned on for single images.
 IMG_FPS = 120
+#: Pixel frame counts v1.2 was trained on: image, 2s, 4s, 8s, 16s (docs/report_03.md). Other counts
+#: run (the official code accepts any integer) but were never seen in training.
+TRAINED_NUM_FRAMES: tuple[int, ...] = (1, 51, 102, 204, 408)
+#: (resolution, frames) pairs the report marks as never trained although both parts were:
+#: 480p 16s and 720p 8s/16s ("🆗" in report_03's support matrix).
+UNTRAINED_LENGTHS: frozenset[tuple[str, int]] = frozenset({("480p", 408), ("720p", 204), ("720p", 408)})
 
 
 def get_num_pixels(resolution: str) -> int:
@@ -116,6 +126,27 @@ def latent_size(num_frames: int, height: int, width: int) -> tuple[int, int, int
     _check_positive("height", height)
     _check_positive("width", width)
     return latent_frames(num_frames), height // VAE_SPATIAL_FACTOR, width // VAE_SPATIAL_FACTOR
+
+
+def is_trained_length(num_frames: int) -> bool:
+    """True when ``num_frames`` is a length v1.2 was trained on (see ``TRAINED_NUM_FRAMES``)."""
+    return num_frames in TRAINED_NUM_FRAMES
+
+
+def sp_spatial_tokens(patch_rows: int, patch_cols: int, sp: int) -> int:
+    """Spatial tokens per frame that sequence parallelism of degree ``sp`` processes, padding included.
+
+    SP splits each frame's S = H_p * W_p tokens across ``sp`` ranks. When S divides evenly it is
+    split as is (the v1.2.0 rule; results equal the single-GPU ones). Otherwise patch rows are
+    zero-padded at the bottom to a multiple of ``sp`` (the rule of the final v1.2 code, commits
+    ee1c79a/e369db2), so every rank holds whole rows; the padded tokens cost compute and memory.
+    """
+    for name, value in (("patch_rows", patch_rows), ("patch_cols", patch_cols), ("sp", sp)):
+        _check_positive(name, value)
+    tokens = patch_rows * patch_cols
+    if tokens % sp == 0:
+        return tokens
+    return -(-patch_rows // sp) * sp * patch_cols
 
 
 def patch_grid(latent_t: int, latent_h: int, latent_w: int, patch_size=PATCH_SIZE) -> tuple[int, int, int]:

@@ -1,0 +1,139 @@
+"""``clusterkit plan``: what each node can run, how fast, and why not (a table, or ``--json``).
+
+Exit code 0 when at least one selected node can run the request, 1 when none can (so a script
+can write ``clusterkit plan ... --node N && clusterkit submit ...``), 2 for bad input.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from clusterkit.cli_common import JSON_OPT, get_state
+from clusterkit.errors import EXIT_FAILED, UserError
+from clusterkit.output import console, emit
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``plan`` command to ``app``."""
+    app.command("plan")(plan_command)
+
+
+def plan_command(
+    ctx: typer.Context,
+    task: str = typer.Argument("infer", help="infer | train"),
+    res: str = typer.Option(..., "--res", help="Resolution: 144p 240p 360p 480p 720p 1080p 2k 4k (or 256 512 ...)."),
+    frames: str = typer.Option(..., "--frames", help="2s 4s 8s 16s 32s, 1x … 16x, or a frame count (1 = image)."),
+    aspect_ratio: str = typer.Option("9:16", "--aspect-ratio", help="H:W as in Open-Sora (9:16 is landscape)."),
+    node: Optional[str] = typer.Option(None, "--node", help="Plan one node."),
+    nodes: Optional[str] = typer.Option(None, "--nodes", help="Comma-separated node names, or 'all' (default)."),
+    gpus: Optional[int] = typer.Option(None, "--gpus", help="Use exactly this many GPUs per node."),
+    num_videos: int = typer.Option(1, "--num-videos", help="Prompts to generate (replicas are capped by it)."),
+    objective: Optional[str] = typer.Option(
+        None, "--objective", help="latency (fastest per video; default for infer) | throughput (default for train)."),
+    sp: Optional[int] = typer.Option(None, "--sp", help="Pin the sequence-parallel degree (1 2 4 8 16)."),
+    cfg_parallel: Optional[bool] = typer.Option(
+        None, "--cfg-parallel/--no-cfg-parallel", help="Pin splitting the CFG pair over 2 GPUs."),
+    dtype: Optional[str] = typer.Option(None, "--dtype", help="Pin bf16 | fp16."),
+    attention: Optional[str] = typer.Option(None, "--attention", help="Pin fused (FlashAttention-2) | unfused."),
+    t5: Optional[str] = typer.Option(None, "--t5", help="Pin gpu-fp32 (upstream default) | gpu-bf16 | offload."),
+    vae_micro_batch: Optional[int] = typer.Option(None, "--vae-micro-batch", help="Pin frames per VAE decode."),
+    json_flag: bool = JSON_OPT,
+) -> None:
+    """Predict memory and time of Open-Sora 1.2 on every node; say why a node cannot run it."""
+    from clusterkit.planner import PlanRequest, plan
+
+    state = get_state(ctx, json_flag)
+    if node and nodes:
+        raise UserError("give either --node or --nodes, not both")
+    request = PlanRequest(
+        resolution=res, frames=frames, task=task, aspect_ratio=aspect_ratio, num_videos=num_videos,
+        nodes=node or nodes or "all", objective=objective, gpus=gpus, sp=sp, cfg_parallel=cfg_parallel,
+        dtype=dtype, attention=attention, t5=t5, vae_micro_batch=vae_micro_batch,
+    )
+    result = plan(state.project().inventory, request)
+    ok = result.best() is not None
+    emit("plan", result.to_dict(), lambda _: render_plan(result), as_json=state.json, ok=ok)
+    if not ok:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def render_plan(result) -> None:
+    """The plan as a table (fits 80 columns), then per-node notes, reasons and alternatives."""
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
+
+    request = result.request
+    out = console()
+    videos = f", {request.num_videos} video{'s' if request.num_videos > 1 else ''}" if request.task == "infer" else ""
+    out.print(f"[bold]plan[/bold] {request.task} {escape(request.describe())}, {request.objective}{videos}")
+    for warning in result.warnings:
+        out.print(f"[yellow]warning:[/yellow] {escape(warning)}")
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
+    per = ("s/step", "smp/h") if request.task == "train" else ("s/video", "vid/h")
+    for column, justify in (("node", "left"), ("GPUs", "left"), ("layout", "left"), ("precision", "left"),
+                            ("T5/vae", "left"), ("GiB/GPU", "right"), (per[0], "right"), (per[1], "right")):
+        table.add_column(column, justify=justify, no_wrap=True)
+    for node in result.nodes:
+        table.add_row(*_row(node, request.task == "train"))
+    out.print(table)
+    best = result.best()
+    if best is not None:
+        out.print(f"best: [bold]{escape(best.name)}[/bold] ({best.chosen.seconds:.0f} {per[0]}, "
+                  f"{best.chosen.videos_per_hour:.1f} {per[1]})")
+    else:
+        out.print("[red]no selected node can run this[/red]")
+    _print_details(out, result.nodes, escape)
+
+
+def _row(node, train: bool) -> list[str]:
+    from rich.markup import escape
+
+    c = node.chosen
+    gpus = f"{node.gpu_count}x{_short(node.gpu.name)}"
+    if c is None:
+        return [escape(node.name), gpus, "-", "-", "-", f"-/{node.gpu.usable_gib:.1f}", "[red]no[/red]", "-"]
+    s = c.settings
+    memory = f"{c.memory.peak:.1f}/{c.usable_gib:.1f}"
+    precision = f"{s.dtype} {s.attention}"
+    t5 = f"{s.t5.removeprefix('gpu-')}/{s.vae_micro_batch}"
+    if not node.feasible:
+        return [escape(node.name), gpus, "-", precision, t5, f"[red]{memory}[/red]", "[red]no[/red]", "-"]
+    layout = f"dp{c.layout.gpus}" if train else _layout(c.layout)
+    return [escape(node.name), gpus, layout, precision, t5, memory, f"{c.seconds:.0f}",
+            f"{c.videos_per_hour:.1f}"]
+
+
+def _layout(layout) -> str:
+    """E.g. "8=cfg+sp4", "6=3x sp2", "1 GPU"."""
+    if layout.gpus == 1:
+        return "1 GPU"
+    group = "+".join(part for part in ("cfg" if layout.cfg_parallel else "", f"sp{layout.sp}" if layout.sp > 1 else "")
+                     if part) or "1"
+    replicas = f"{layout.replicas}x " if layout.replicas > 1 else ""
+    return f"{layout.gpus}={replicas}{group}"
+
+
+def _short(name: str) -> str:
+    for prefix in ("NVIDIA ", "GeForce ", "Quadro ", "RTX "):
+        name = name.removeprefix(prefix)
+    return name.replace(" (variant unknown)", "?")
+
+
+def _print_details(out, nodes, escape) -> None:
+    """Notes shared by feasible nodes once each (naming the nodes), then each infeasible node's why and try."""
+    shared: dict[str, list[str]] = {}
+    for node in nodes:
+        if node.feasible:
+            for reason in node.reasons:
+                shared.setdefault(reason, []).append(node.name)
+    for reason, names in shared.items():
+        out.print(f"[bold]{escape(', '.join(names))}[/bold]: {escape(reason)}")
+    for node in nodes:
+        if node.feasible:
+            continue
+        out.print(f"[bold]{escape(node.name)}[/bold] [red]cannot run[/red]: {escape('; '.join(node.reasons))}")
+        for alternative in node.alternatives:
+            out.print(f"  try: {escape(alternative.summary)}")
