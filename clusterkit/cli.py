@@ -221,20 +221,43 @@ def diagnose_nccl(
     apply: bool = typer.Option(False, "--apply", help="Write the recommended per-node env into nodes.yaml."),
     no_plot: bool = typer.Option(False, "--no-plot", help="Skip the PNG plot."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be submitted; submit nothing."),
+    run: Optional[str] = typer.Option(None, "--run", help="Diagnose the logs of this run instead of benchmarking."),
+    log: list[str] = typer.Option([], "--log", metavar="PATH", help="Diagnose these log files (repeatable)."),
     stall_rank: Optional[int] = typer.Option(None, "--stall-rank", hidden=True, help="Test hook: this rank stalls."),
     json_flag: bool = JSON_OPT,
 ) -> None:
     """Benchmark and check the fabric (all_reduce, all_gather, reduce_scatter, all_to_all),
-    name the ranks that never arrive when a collective hangs, and say which env to change."""
-    from clusterkit.diagnose.collective import run_collective_check
+    name the ranks that never arrive when a collective hangs, and say which env to change.
+    With --run or --log: read the logs, find the first error, and say its cause and fix."""
+    from clusterkit.diagnose.collective import diagnose_logs, run_collective_check
+    from clusterkit.errors import UserError
     from clusterkit.launch.envprofiles import parse_env_assignments
 
     state = get_state(ctx, json_flag)
     if nodes_opt and node:
-        from clusterkit.errors import UserError
-
         raise UserError("give either --nodes or --node, not both")
     project = state.project()
+    if run or log:
+        if nodes_opt or node or dry_run:
+            raise UserError("--run/--log read existing logs; they do not combine with --nodes, --node or --dry-run")
+        result, report, recommendations = diagnose_logs(project, run=run, logs=log)
+        if apply and recommendations:
+            from clusterkit.diagnose.recommend import apply_env_edits
+
+            apply_env_edits(project.inventory_path, recommendations)
+            result["applied_to"] = str(project.inventory_path)
+
+        def render_logs(_: object) -> None:
+            from clusterkit.diagnose.logs import render
+
+            out = console()
+            render(report, out)
+            _render_recommendations(result, out)
+
+        emit("diagnose nccl", result, render_logs, as_json=state.json, ok=report.ok)
+        if not report.ok:
+            raise typer.Exit(EXIT_FAILED)
+        return
     result = run_collective_check(
         project, nodes=nodes_opt or node, gpus_per_node=gpus_per_node, executor=executor,
         nccl_profile=nccl_profile, env=parse_env_assignments(env), timeout_s=timeout, sizes=sizes, ops=ops,
@@ -316,23 +339,36 @@ def _render_collective(result: dict) -> None:
         out.print(f"[red]hang:[/red] {escape(hang['verdict'])}")
         for m in hang["missing"]:
             out.print(f"  rank {m['rank']} on {m['host'] or '?'} ({m['node'] or '?'}): last seen {escape(m['last'])}")
-    for rec in result.get("recommendations", []):
-        out.print(f"[yellow]recommend[/yellow] {rec['node']}: {rec['key']}={rec['value']}  ({escape(rec['reason'])})")
-    if result.get("recommendations"):
-        from clusterkit.diagnose.recommend import EnvRecommendation, render_edits
-
-        edits = render_edits([EnvRecommendation(**r) for r in result["recommendations"]])
-        if result.get("applied_to"):
-            out.print(f"written to {result['applied_to']}:")
-        else:
-            out.print("nodes.yaml edit (or rerun with --apply):")
-        out.out(edits, highlight=False)
+    if result.get("log_diagnosis"):
+        first = result["log_diagnosis"]["first_error"]
+        if first:
+            out.print(f"[red]first error[/red] ({first['id']} {escape(first['title'])}) on rank {first['rank']} "
+                      f"{first['host'] or ''} at {first['file']}:{first['line']}")
+            out.print(f"  cause: {escape(first['cause'])}")
+            out.print(f"  fix: {escape(first['fix'])}")
+            out.print(f"  (full report: clusterkit diagnose nccl --run {result['run_id']})")
+    _render_recommendations(result, out)
     if result.get("plot"):
         out.print(f"plot: {result['plot']}")
     if not result["ok"]:
         out.print(f"[red]{escape(result['summary'] or 'the job did not finish cleanly')}[/red]; logs:")
         for path in result["logs"]:
             out.print(f"  {path}")
+
+
+def _render_recommendations(result: dict, out) -> None:
+    from rich.markup import escape
+
+    from clusterkit.diagnose.recommend import EnvRecommendation, render_edits
+
+    recs = result.get("recommendations") or []
+    for rec in recs:
+        out.print(f"[yellow]recommend[/yellow] {rec['node']}: {rec['key']}={rec['value']}  ({escape(rec['reason'])})")
+    if recs:
+        edits = render_edits([EnvRecommendation(**r) for r in recs])
+        out.print(f"written to {result['applied_to']}:" if result.get("applied_to")
+                  else "nodes.yaml edit (or rerun with --apply):")
+        out.out(edits, highlight=False)
 
 
 def _human_bytes(n: int) -> str:

@@ -8,7 +8,7 @@ import time
 
 from clusterkit.diagnose.expected import annotate
 from clusterkit.diagnose.hang import find_hang, read_heartbeats
-from clusterkit.diagnose.recommend import recommend_from_inventory, recommend_from_timings
+from clusterkit.diagnose.recommend import recommend_from_findings, recommend_from_inventory, recommend_from_timings
 from clusterkit.errors import UserError
 from clusterkit.jobs import load_preset
 from clusterkit.launch import runs
@@ -119,6 +119,16 @@ def run_collective_check(project: Project, *, nodes: str | None, gpus_per_node: 
     timings = annotate(timings, project.inventory, report.get("backend") or "")
     recommendations = recommend_from_inventory(project.inventory, list(spec.node_names))
     recommendations += recommend_from_timings(project.inventory, timings)
+    log_report = None
+    if record.state != "COMPLETED" or not report.get("ok"):
+        # the job failed or hung: read every log of the run and find the first error
+        from clusterkit.diagnose.logs import context_from_inventory, diagnose_run
+
+        context = context_from_inventory(project.inventory, expected_world_size=spec.world_size)
+        log_report = diagnose_run(paths.root, context)
+        known = {(r.node, r.key) for r in recommendations}
+        recommendations += [r for r in recommend_from_findings(log_report, context, project.inventory)
+                            if (r.node, r.key) not in known]
     result = {
         **submitted,
         "state": record.state,
@@ -132,6 +142,7 @@ def run_collective_check(project: Project, *, nodes: str | None, gpus_per_node: 
         "timings": timings,
         "hang": hang,
         "recommendations": [r.to_dict() for r in recommendations],
+        "log_diagnosis": log_report.to_dict() if log_report else None,
         "summary": record.summary,
         "logs": [str(p) for p in runs.log_files(record)],
         "plot": None,
@@ -143,3 +154,29 @@ def run_collective_check(project: Project, *, nodes: str | None, gpus_per_node: 
         result["plot"] = str(plot_busbw(timings, paths.root / "fabric.png", title))
     atomic_write_json(paths.root / "diagnosis.json", result)
     return result
+
+
+def diagnose_logs(project: Project, *, run: str | None, logs: list[str]) -> tuple[dict, object, object]:
+    """``--run RUN`` / ``--log PATH...``: read logs, order them in time, find the first error.
+    Returns (JSON result, report, context) so the CLI can render the report."""
+    from pathlib import Path
+
+    from clusterkit.diagnose.logs import context_from_inventory, diagnose_files, diagnose_run
+
+    if run and logs:
+        raise UserError("give either --run or --log, not both")
+    inventory = project.inventory
+    if run:
+        record = project.registry.get(run)
+        spec_path = RunPaths(record.run_dir).spec
+        world = LaunchSpec.read(spec_path).world_size if spec_path.exists() else None
+        context = context_from_inventory(inventory, expected_world_size=world)
+        report = diagnose_run(record.run_dir, context)
+        source = {"run_id": record.run_id, "run_dir": str(record.run_dir)}
+    else:
+        context = context_from_inventory(inventory)
+        report = diagnose_files([Path(p) for p in logs], context)
+        source = {"logs": list(logs)}
+    recommendations = recommend_from_findings(report, context, inventory)
+    result = {**source, **report.to_dict(), "recommendations": [r.to_dict() for r in recommendations]}
+    return result, report, recommendations

@@ -58,6 +58,23 @@ def recommend_from_timings(inventory, timings: list[dict]) -> list[EnvRecommenda
     return list(recs.values())
 
 
+def recommend_from_findings(report, context, inventory) -> list[EnvRecommendation]:
+    """Log findings whose fix is an env setting (N8/N9 P2P, N12 IPv6 bootstrap, ...), on the
+    node the finding came from (by host name, through the inventory)."""
+    recs = {}
+    findings = [report.first_error] if report.first_error else []
+    findings += [f for group in report.groups for f in group.findings]
+    for finding in findings:
+        hardware = context.hosts.get(finding.host or "") if finding.host else None
+        if not (finding.env and hardware and hardware.node and hardware.node in inventory.names()):
+            continue
+        node = inventory.node(hardware.node)
+        for key, value in finding.env.items():
+            if node.nccl_env.get(key) != value:
+                recs[(node.name, key)] = EnvRecommendation(node.name, key, value, f"{finding.id}: {finding.signature.title}")
+    return list(recs.values())
+
+
 def render_edits(recs: list[EnvRecommendation]) -> str:
     """The nodes.yaml edit, as a user would type it."""
     lines = []

@@ -157,7 +157,7 @@ def _uneven_sp_shape(match: re.Match[str], world_size: int | None) -> bool:
 # ------------------------------------------------------------------------------------------- NCCL (§4a)
 
 N1 = Signature(
-    id="N1", title="NCCL watchdog timeout: a collective never completed", group="nccl", severity="error",
+    id="N1", title="Collective timeout: a rank never joined (NCCL watchdog)", group="nccl", severity="error",
     message=("Watchdog caught collective operation timeout: WorkNCCL(SeqNum=…, OpType=ALLREDUCE…, NumelIn=…, "
              "Timeout(ms)=600000) ran for 600076 milliseconds before timing out / failure detected by watchdog "
              "at work sequence id: N … last enqueued work: N, last completed work: N-1"),
@@ -175,6 +175,8 @@ N1 = Signature(
         r"Watchdog caught collective operation timeout: WorkNCCL\(SeqNum=(?P<seq>\d+), OpType=(?P<op>\w+)",
         r"failure detected by watchdog at work sequence id: (?P<seq>\d+)",
         r"Timeout at NCCL work: (?P<seq>\d+), last enqueued NCCL work: \d+, last completed NCCL work: -?\d+",
+        # TORCH_DISTRIBUTED_DEBUG=DETAIL turns barriers into monitored barriers that name the missing ranks
+        r"Ranks? (?P<missing>[\d, ]+) failed to pass monitoredBarrier",
     ),
     variants=(Variant(
         name="SeqNum=1",
@@ -204,7 +206,7 @@ N2 = Signature(
 )
 
 N3 = Signature(
-    id="N3", title="Teardown after an earlier NCCL failure (a consequence)", group="nccl", severity="error",
+    id="N3", title="Teardown after an earlier NCCL failure", group="nccl", severity="error",
     message=("Some NCCL operations have failed or timed out. Due to the asynchronous nature of CUDA kernels, "
              "subsequent GPU operations might run on corrupted/incomplete data."),
     cause="A consequence: ProcessGroupNCCL tears the process down after an earlier timeout (N1) or NCCL error (N5).",
@@ -259,6 +261,7 @@ N6 = Signature(
         r"Socket recv failed while polling for opId",
         r"\[Service thread\] Connection closed by localRank \d+",
         r"ncclRemoteError: A call failed possibly due to a network error or a remote process exiting prematurely",
+        r"gloo/transport/tcp/\w+\.cc:\d+\] Connection closed by peer",  # the same for the gloo backend (CPU runs)
     ),
     first_error=False,
     source="orchestration_facts §4a N6",
@@ -339,7 +342,6 @@ N11 = Signature(
          "- `clusterkit preflight NODE` does."),
     patterns=(
         r"is neither AF_INET\(2\) nor AF_INET6\(10\)",
-        r"Bootstrap : no socket interface found",
         r"no socket interface found",
     ),
     related=(r"NCCL_SOCKET_IFNAME set (?:by environment )?to \S+",),
@@ -448,6 +450,8 @@ R2 = Signature(
         r"The client socket has timed out after \d+\w* while trying to connect to \((?P<host>[^,]+), (?P<port>\d+)\)",
         r"connect\(\) timed out\. Original timeout was \d+ ms",
     ),
+    # "TCP client failed to connect/validate … The client socket has timed out" is R3's name-resolution case
+    accept=lambda m, _ws: "connect/validate" not in m.string,
     source="orchestration_facts §4b R2",
 )
 
@@ -462,7 +466,7 @@ R3 = Signature(
          "the first error is on the head node's rank 0."),
     patterns=(
         r"TCP client failed to connect/validate to host (?P<host>\S+)",
-        r"\bDistStoreError\b",
+        r"(?:^|\.)DistStoreError:",
         r"sendBytes failed\b.*Broken pipe",
         r"waitForInput\b.*timed out",
     ),
@@ -509,8 +513,8 @@ R6 = Signature(
          "join timeout for large jobs (`--rdzv-conf join_timeout=…`); keep --max-restarts 0 when restarts go "
          "through Slurm requeue (clusterkit's default). Look at the missing node's node-<name>.log."),
     patterns=(
-        r"\bRendezvousTimeoutError\b",
-        r"\bRendezvousClosedError\b",
+        r"(?:^|\.)RendezvousTimeoutError(?::|$)",
+        r"(?:^|\.)RendezvousClosedError(?::|$)",
         r"Timed out initializing process group in store based barrier",
     ),
     source="orchestration_facts §4b R6",
@@ -667,13 +671,13 @@ X1 = Signature(
 )
 
 X2 = Signature(
-    id="X2", title="Process torn down after an earlier failure (a consequence)", group="generic", severity="error",
+    id="X2", title="Process torn down after an earlier failure", group="generic", severity="error",
     message=("torch.distributed.elastic.multiprocessing.errors.ChildFailedError / failed (exitcode: 1) local_rank: 0 "
              "/ terminate called after throwing an instance of … / NCCL communicator was aborted on rank N"),
     cause="A consequence: torchrun, Slurm or ProcessGroupNCCL reporting that a rank already failed.",
     fix="Not the cause - read the first error (the earliest root error across ranks).",
     patterns=(
-        r"\bChildFailedError\b",
+        r"(?:^|\.)ChildFailedError:",
         r"failed \(exitcode: -?\d+\) local_rank: \d+",
         r"terminate called after throwing an instance of",
         r"To avoid data inconsistency, we are taking the entire process down",
@@ -691,7 +695,7 @@ X3 = Signature(
     message="<SomethingError>: … (any exception line the catalogue does not know)",
     cause="An exception that matches no known signature; it is still the earliest error, so it is shown as is.",
     fix="Read the traceback on that rank (the evidence lines); if it recurs, add a signature to the catalogue.",
-    patterns=(r"^(?:Traceback \(most recent call last\):\s*)?(?P<exc>(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception))(?::|$)",),
+    patterns=(r"^(?P<exc>(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error|Exception))(?::|$)",),
     generic=True,
     source="fallback",
 )
@@ -735,3 +739,33 @@ def match_line(text: str, world_size: int | None = None) -> tuple[Signature, re.
         if match:
             return sig, match
     return None
+
+
+_GROUP_TITLES = (
+    ("nccl", "NCCL / ProcessGroupNCCL (orchestration_facts §4a)"),
+    ("rendezvous", "Rendezvous, TCPStore, ports, signals (orchestration_facts §4b)"),
+    ("slurm", "Slurm (orchestration_facts §4c)"),
+    ("opensora", "Open-Sora 1.2 (opensora_v12_facts §8.4)"),
+    ("generic", "Generic (what the facts do not name, so the first error is never lost)"),
+)
+
+
+def render_catalogue_markdown() -> str:
+    """The catalogue as the Markdown tables in docs/troubleshooting-nccl.md (a test keeps them equal)."""
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    out = []
+    for group, title in _GROUP_TITLES:
+        out += [f"### {title}", "", "| id | severity | message (verbatim fragments) | cause | fix |", "|---|---|---|---|---|"]
+        for s in CATALOGUE:
+            if s.group != group:
+                continue
+            kind = s.severity + ("" if s.first_error else ", consequence") + (", derived" if s.derived else "")
+            fix = s.fix + "".join(f" **{v.name}:** {v.cause} {v.fix}" for v in s.variants)
+            if s.env:
+                fix += " Env: " + ", ".join(f"`{k}={v}`" for k, v in s.env)
+            out.append(f"| {s.id} | {kind} | {cell(s.message)} | {cell(s.cause)} | {cell(fix)} |")
+        out.append("")
+    return "\n".join(out)

@@ -6,6 +6,7 @@ unfinished runs and caches the answer in the registry.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,11 +18,22 @@ from clusterkit.launch.render import RunPaths, render_env, render_submission
 from clusterkit.launch.spec import LaunchSpec
 from clusterkit.project import Project
 
+_SAFE_FILE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
-def launch(project: Project, spec: LaunchSpec, *, dry_run: bool = False) -> dict:
-    """Render, record and submit ``spec``. With ``dry_run`` nothing is written or submitted."""
+
+def launch(project: Project, spec: LaunchSpec, *, dry_run: bool = False, files: dict[str, str] | None = None) -> dict:
+    """Render, record and submit ``spec``. With ``dry_run`` nothing is written or submitted.
+
+    ``files`` (name -> text) are inputs the job reads, e.g. its prompts: they are written into the
+    run directory (atomically) before submission, so user text reaches the job as files.
+    """
     registry = project.registry
     paths = RunPaths(registry.run_dir(spec.run_id))
+    records = {p.name for p in (paths.spec, paths.env, paths.rendered, paths.submission, paths.local, paths.result,
+                                paths.submitit, paths.logs, paths.ranks, paths.results)}
+    for name in files or {}:
+        if not _SAFE_FILE.match(name) or name in records:
+            raise LaunchError(f"job input file name {name!r} must match {_SAFE_FILE.pattern} and not be a run record")
     rendered = render_submission(spec, project.profiles, paths.root)
     result = {"run_id": spec.run_id, "run_dir": str(paths.root), "executor": spec.executor,
               "dry_run": dry_run, "job_ids": [], "rendered": rendered}
@@ -35,6 +47,8 @@ def launch(project: Project, spec: LaunchSpec, *, dry_run: bool = False) -> dict
     atomic_write_json(paths.rendered, rendered)
     if "slurm" in rendered:
         atomic_write_text(paths.submission, rendered["slurm"]["sbatch"])
+    for name, text in (files or {}).items():
+        atomic_write_text(paths.root / name, text)
     now = time.time()
     registry.add(RunRecord(run_id=spec.run_id, kind=spec.kind, executor=spec.executor, nodes=spec.node_names,
                            job_ids=(), state="SUBMITTING", run_dir=paths.root, created_at=now, updated_at=now))

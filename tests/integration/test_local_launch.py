@@ -30,7 +30,10 @@ def test_diagnose_nccl_two_simulated_nodes(cli):
     assert all(c["ok"] for c in result["checks"]) and len(result["checks"]) == 8
     sums = [c for c in result["checks"] if c["op"] == "all_reduce"]
     assert all(c["got"] == 10.0 for c in sums)  # 1+2+3+4
-    assert {t["op"] for t in result["timings"]} == {"all_reduce", "all_to_all"}
+    assert {t["op"] for t in result["timings"]} == {"all_reduce", "all_gather", "reduce_scatter", "all_to_all"}
+    assert {t["scope"] for t in result["timings"]} == {"world", "intra:worker-5", "intra:worker-8",
+                                                       "inter:worker-5-worker-8"}
+    assert result["hang"] is None and result["log_diagnosis"] is None
     paths = RunPaths(__import__("pathlib").Path(result["run_dir"]))
     rendezvous = read_json(paths.rendezvous(0))
     assert 20000 <= rendezvous["port"] < 29000 and rendezvous["port"] not in (29400, 29500)

@@ -1,0 +1,168 @@
+"""``clusterkit submit infer``: launch a text-to-video run (``clusterkit/submit.py``) and, with
+``--wait``, show its progress and print the files it wrote. No torch here: the job imports it."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from clusterkit.cli_common import EXECUTOR_OPT, JSON_OPT, get_state
+from clusterkit.output import console, emit
+
+submit_app = typer.Typer(no_args_is_help=True, help="Submit jobs: text-to-video inference.")
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``submit`` command group to ``app``."""
+    app.add_typer(submit_app, name="submit")
+
+
+@submit_app.command("infer")
+def infer_command(
+    ctx: typer.Context,
+    frames: str = typer.Option(..., "--frames", help="2s 4s 8s 16s 32s, 1x … 16x, or a frame count (1 = image)."),
+    res: str = typer.Option(..., "--res", help="Resolution: 144p 240p 360p 480p 720p 1080p 2k 4k (or 256 512 ...)."),
+    aspect_ratio: str = typer.Option("9:16", "--aspect-ratio", help="H:W as in Open-Sora (9:16 is landscape)."),
+    prompt: list[str] = typer.Option([], "--prompt", help="A prompt (repeatable)."),
+    prompts_file: Optional[str] = typer.Option(None, "--prompts-file", help="A UTF-8 file, one prompt per line."),
+    model: str = typer.Option("opensora-v1.2", "--model", help="opensora-v1.2 (needs --ckpt-dir) | tiny (random)."),
+    ckpt_dir: Optional[str] = typer.Option(None, "--ckpt-dir", help="Folder with dit/ t5/ vae2d/ vae3d/."),
+    node: Optional[str] = typer.Option(None, "--node", help="Run on this node (default: the planner's best)."),
+    gpus: Optional[int] = typer.Option(None, "--gpus", help="GPUs to use (1 until sequence parallelism lands)."),
+    seed: int = typer.Option(42, "--seed", help="Run seed; each video's seed derives from it, its prompt and sample."),
+    steps: int = typer.Option(30, "--steps", help="Sampling steps."),
+    num_samples: int = typer.Option(1, "--num-samples", help="Videos per prompt."),
+    cfg_scale: float = typer.Option(7.0, "--cfg-scale", help="Classifier-free guidance scale."),
+    fps: int = typer.Option(24, "--fps", help="Frame rate of the videos (and of the model's fps conditioning)."),
+    executor: str = EXECUTOR_OPT,
+    nccl_profile: Optional[str] = typer.Option(None, "--nccl-profile", help="Profile from env/nccl.yaml."),
+    env: list[str] = typer.Option([], "--env", metavar="KEY=VALUE", help="Extra environment (wins over profiles)."),
+    output: Optional[str] = typer.Option(None, "--output", help="Folder for the videos (default: RUN_DIR/outputs)."),
+    wait: bool = typer.Option(False, "--wait", help="Wait for the run, show progress, print the output paths."),
+    timeout: Optional[float] = typer.Option(None, "--timeout", help="With --wait: cancel after this many seconds."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be submitted; submit nothing."),
+    force: bool = typer.Option(False, "--force", help="Run even if the planner says it does not fit."),
+    json_flag: bool = JSON_OPT,
+) -> None:
+    """Generate videos from text prompts with Open-Sora 1.2 (or the tiny random model)."""
+    from clusterkit.launch.envprofiles import parse_env_assignments
+    from clusterkit.submit import submit_infer
+
+    state = get_state(ctx, json_flag)
+    progress = None if state.json or not wait or dry_run else _ProgressBar()
+    try:
+        result = submit_infer(
+            state.project(), frames=frames, resolution=res, aspect_ratio=aspect_ratio, prompts=tuple(prompt),
+            prompts_file=prompts_file, model=model, ckpt_dir=ckpt_dir, node=node, gpus=gpus, seed=seed,
+            steps=steps, num_samples=num_samples, cfg_scale=cfg_scale, fps=fps, executor=executor,
+            nccl_profile=nccl_profile, env=parse_env_assignments(env), output=output, wait=wait,
+            dry_run=dry_run, force=force, timeout_s=timeout,
+            on_progress=progress.update if progress else None,
+            on_submitted=progress.start if progress else None,
+        )
+    finally:
+        if progress:
+            progress.stop()
+    emit("submit infer", result, _render, as_json=state.json)
+
+
+class _ProgressBar:
+    """A rich progress bar over the run's denoising steps, fed from its progress.json."""
+
+    def __init__(self) -> None:
+        self._progress = None
+        self._task = None
+        self._steps = None  # denoising steps per video, once an event said
+
+    def start(self, submitted: dict) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
+        _render_submitted(submitted)
+        self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                  TimeElapsedColumn(), console=console(stderr=True), transient=True)
+        self._progress.start()
+        self._task = self._progress.add_task("waiting for the job", total=None)
+
+    def update(self, event: dict) -> None:
+        if self._progress is None:
+            return
+        stage = event.get("stage", "")
+        if stage == "denoising":
+            self._steps = event["steps"]
+            total = event["videos"] * event["steps"]
+            done = (event["video"] - 1) * event["steps"] + event["step"]
+            self._progress.update(self._task, total=total, completed=done,
+                                  description=f"video {event['video']}/{event['videos']} denoising")
+        elif stage in ("decode", "write"):
+            # progress.json is throttled: the last steps may not have been seen, but they are done
+            done = event["video"] * self._steps if self._steps else None
+            self._progress.update(self._task, completed=done,
+                                  description=f"video {event['video']}/{event['videos']} {stage}")
+        elif stage:
+            self._progress.update(self._task, description=stage.replace("_", " "))
+
+    def stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+def _print_warnings(out, warnings: list[str]) -> None:
+    from rich.markup import escape
+
+    for warning in warnings:
+        out.print(f"[bold red]WARNING:[/bold red] [bold]{escape(warning)}[/bold]")
+
+
+def _render_submitted(result: dict) -> None:
+    from rich.markup import escape
+
+    out = console()
+    _print_warnings(out, result["warnings"])
+    what = "dry run (nothing submitted)" if result["dry_run"] else f"submitted run {result['run_id']}"
+    jobs = f", job {','.join(result['job_ids'])}" if result["job_ids"] else ""
+    s = result["settings"]
+    out.print(f"{what}: {result['model']} on {result['node']} ({result['executor']}{jobs}); "
+              f"{result['num_videos']} video(s), {s['dtype'] or 'default precision'}, T5 {s['t5_dtype']}"
+              f"{' on the CPU' if s['t5_device'] == 'cpu' else ''}, "
+              f"VAE micro-batch {s['vae_micro_batch']}, seed {s['seed']}, {s['steps']} steps")
+    for note in result["notes"]:
+        out.print(f"[dim]note:[/dim] {escape(note)}")
+    out.print(f"run folder: {result['run_dir']}")
+
+
+def _render(result: dict) -> None:
+    import shlex
+
+    out = console()
+    if "outputs" not in result:  # not waited for: say where things will be
+        _render_submitted(result)
+        if result["dry_run"]:
+            rendered = result["rendered"]
+            if "slurm" in rendered:
+                out.print("[bold]sbatch script[/bold]")
+                out.out(rendered["slurm"]["sbatch"], highlight=False)
+            out.print("[bold]torchrun argv[/bold]")
+            out.out(shlex.join(rendered["torchrun"]), highlight=False)
+        out.print("outputs (when done):")
+        for path in result["expected_outputs"]:
+            out.out(f"  {path}", highlight=False)
+        return
+    _print_warnings(out, result["warnings"])
+    t = result["timings"]
+    memory = result["peak_memory"]
+    out.print(f"run {result['run_id']} {result['state']}: {len(result['outputs'])} file(s) on {result['node']} "
+              f"({result['device']}, {result['dtype']})")
+    out.print(f"timings: load {t['load_s']:.1f}s, text encoding {t['text_encoding_s']:.1f}s, denoising "
+              f"{t['denoising_s']:.1f}s ({t['denoising_step_mean_s']:.3f} s/step), decode {t['decode_s']:.1f}s, "
+              f"write {t['write_s']:.1f}s, total {t['total_s']:.1f}s; peak memory "
+              f"{memory['peak_bytes'] / 2**30:.2f} GiB ({memory['kind']})")
+    out.out(f"index: {result['index']}", highlight=False)
+    for path in result["outputs"]:
+        out.out(path, highlight=False)

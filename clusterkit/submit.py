@@ -1,0 +1,236 @@
+"""``clusterkit submit infer``: check a text-to-video request, take the node and settings from the
+planner, write the request and prompts into the run folder, launch the inference job through the
+launch layer and, when asked, wait for it and report its files, timings and peak memory.
+
+Torch-free: this only launches a job (``jobs/infer.yaml`` -> ``opensora_core.inference.run``).
+
+Settings:
+- ``opensora-v1.2``: the planner (``clusterkit.planner``) picks the node when ``--node`` is not
+  given and sets precision, attention, T5 placement and VAE micro-batch; a layout it rejects is
+  refused unless ``--force``.
+- ``tiny``: the planner sizes the full model, not this one, so it never blocks a tiny run: the
+  node is ``--node``, else the planner's best node for the same video, else the first node; the
+  settings are fp32 everywhere (CPU-friendly).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from clusterkit.errors import JobFailed, UserError
+from clusterkit.jobs import load_preset
+from clusterkit.launch import runs
+from clusterkit.launch.executors import pick_executor
+from clusterkit.launch.records import new_run_id, read_json
+from clusterkit.launch.render import RunPaths
+from clusterkit.launch.spec import LaunchSpec, node_slots
+from clusterkit.project import Project
+from opensora_core.inference.prompts import check_prompts, read_prompts_file
+from opensora_core.inference.request import InferRequest
+from opensora_core.presets import checkpoint_paths, get_preset
+
+PRESET = "infer"
+REQUEST_FILE = "request.json"
+PROMPTS_FILE = "prompts.json"
+PROGRESS_FILE = "progress.json"
+#: Planner T5 placements -> (device the encoder runs on, its precision). The pipeline always moves
+#: the encoder off the GPU after encoding, so no placement keeps it resident during denoising.
+_T5_PLACEMENT = {"gpu-fp32": ("gpu", "fp32"), "gpu-bf16": ("gpu", "bf16")}
+
+ProgressFn = Callable[[dict], None]
+
+
+@dataclass(frozen=True)
+class Choice:
+    """Where the run goes and with which settings, and why."""
+
+    node: str
+    settings: dict
+    plan: dict | None
+    notes: tuple[str, ...]
+
+
+def submit_infer(
+    project: Project,
+    *,
+    frames: str,
+    resolution: str,
+    aspect_ratio: str = "9:16",
+    prompts: tuple[str, ...] = (),
+    prompts_file: str | None = None,
+    model: str = "opensora-v1.2",
+    ckpt_dir: str | None = None,
+    node: str | None = None,
+    gpus: int | None = None,
+    seed: int = 42,
+    steps: int = 30,
+    num_samples: int = 1,
+    cfg_scale: float = 7.0,
+    fps: int = 24,
+    executor: str = "auto",
+    nccl_profile: str | None = None,
+    env: dict[str, str] | None = None,
+    output: str | None = None,
+    wait: bool = False,
+    dry_run: bool = False,
+    force: bool = False,
+    timeout_s: float | None = None,
+    on_progress: ProgressFn | None = None,
+    on_submitted: Callable[[dict], None] | None = None,
+) -> dict:
+    """Validate, plan, launch; with ``wait`` also the outputs. Every input error is raised before
+    anything is written or submitted. ``on_submitted(result)`` runs once the job is submitted and
+    before waiting; ``on_progress(event)`` on every poll while waiting (the job's progress.json)."""
+    prompt_list = _prompts(prompts, prompts_file)
+    if gpus is not None and gpus != 1:
+        raise UserError(f"--gpus {gpus}: inference runs on one GPU for now (sequence parallelism comes later)",
+                        hint="use --gpus 1")
+    preset = get_preset(model)
+    if ckpt_dir is not None:
+        checkpoint_paths(ckpt_dir)  # the layout, from file names: missing components fail here
+        ckpt_dir = str(Path(ckpt_dir).expanduser().resolve())
+    draft = InferRequest(prompts=prompt_list, frames=frames, resolution=resolution, aspect_ratio=aspect_ratio,
+                         model=model, ckpt_dir=ckpt_dir, seed=seed, steps=steps, num_samples=num_samples,
+                         cfg_scale=cfg_scale, fps=fps)
+    choice = choose_settings(project, draft, node=node, force=force)
+    job = load_preset(project.jobs_dir, PRESET)
+    run_id = new_run_id(job.kind)
+    paths = RunPaths(project.registry.run_dir(run_id))
+    output_dir = Path(output).expanduser().resolve() if output else paths.root / "outputs"
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UserError(f"--output {str(output_dir)!r} is a file, not a folder")
+    request = InferRequest(**{**draft.to_dict(), "prompts": prompt_list, **choice.settings, "name": run_id,
+                              "output_dir": str(output_dir), "notes": choice.notes})
+    spec = LaunchSpec(
+        run_id=run_id, kind=job.kind, nodes=node_slots(project.inventory, choice.node), gpus_per_node=1,
+        entry=job.entry,
+        args=(*job.args, "--request", str(paths.root / REQUEST_FILE), "--prompts", str(paths.root / PROMPTS_FILE),
+              "--result", str(paths.result)),
+        executor=pick_executor(executor), base_profile=job.nccl_profile, nccl_profile=nccl_profile,
+        env=dict(env or {}), time_limit_min=job.time_limit_min, port_range=job.port_range,
+        rdzv_timeout_s=job.rdzv_timeout_s, cpus_per_task=job.cpus_per_task,
+    )
+    files = {
+        REQUEST_FILE: json.dumps(request.settings(), indent=2, ensure_ascii=False) + "\n",
+        PROMPTS_FILE: json.dumps(list(request.prompts), indent=2, ensure_ascii=False) + "\n",
+    }
+    submitted = runs.launch(project, spec, dry_run=dry_run, files=files)
+    result = {
+        **submitted,
+        "node": choice.node,
+        "model": preset.name,
+        "random_weights": request.random_weights,
+        "warnings": _warnings(request, preset),
+        "notes": list(choice.notes),
+        "settings": {key: getattr(request, key) for key in ("dtype", "t5_device", "t5_dtype", "vae_micro_batch",
+                                                            "flash_attn", "seed", "steps", "cfg_scale", "fps")},
+        "plan": choice.plan,
+        "num_videos": len(request.videos()),
+        "output_dir": str(output_dir),
+        "expected_outputs": [str(output_dir / v.filename) for v in request.videos()],
+    }
+    if dry_run or not wait:
+        return result
+    if on_submitted is not None:
+        on_submitted(result)
+    return {**result, **wait_for_infer(project, run_id, timeout_s=timeout_s, on_progress=on_progress)}
+
+
+def choose_settings(project: Project, request: InferRequest, *, node: str | None, force: bool) -> Choice:
+    """The node and the request fields the plan decides (see the module docstring)."""
+    from clusterkit.planner import PlanRequest, choose, plan
+
+    if node is not None:
+        project.inventory.node(node)  # an unknown node is an error with the valid names
+    plan_request = PlanRequest(
+        resolution=request.resolution, frames=request.frames, aspect_ratio=request.aspect_ratio,
+        num_videos=len(request.videos()), nodes=node or "all", gpus=1, sp=1, cfg_parallel=False,
+        steps=request.steps,
+    )
+    the_plan = plan(project.inventory, plan_request)
+    if request.model == "tiny":
+        try:
+            name = node or choose(the_plan).name
+            why = "--node" if node else "the planner's best node for this video size"
+        except UserError:
+            name, why = project.inventory.nodes[0].name, "the first node: no node fits the full-size model"
+        return Choice(name, {"dtype": "fp32", "t5_device": "gpu", "t5_dtype": "fp32", "vae_micro_batch": 4,
+                             "flash_attn": False}, None,
+                      ((f"--model tiny: the planner sizes opensora-v1.2 only, so tiny runs fp32 with default "
+                        f"settings on {name} ({why})"),))
+    try:
+        chosen = choose(the_plan, node)
+        s = chosen.chosen.settings
+        notes = [(f"planner: {chosen.name} with {s.dtype}, attention {s.attention}, T5 {s.t5}, "
+                  f"VAE micro-batch {s.vae_micro_batch}"), *chosen.reasons]
+    except UserError as exc:
+        if not force:
+            hint = (exc.hint + "; " if exc.hint else "") + "--force runs it anyway"
+            raise UserError(exc.message, hint=hint) from None
+        chosen = _forced(the_plan, node)
+        notes = [f"--force: the planner rejected this run ({exc.message}); running on {chosen.name} anyway"]
+    plan_dict = chosen.to_dict()
+    settings = {"dtype": plan_dict["dtype"], "flash_attn": plan_dict["attention"] == "fused",
+                "vae_micro_batch": plan_dict["vae_micro_batch"]}
+    t5 = plan_dict["t5"]
+    if t5 in _T5_PLACEMENT:
+        settings["t5_device"], settings["t5_dtype"] = _T5_PLACEMENT[t5]
+    elif t5 == "offload":  # encode on the GPU in the model's precision (fp32 without bf16), then move off
+        settings["t5_device"], settings["t5_dtype"] = "gpu", "bf16" if settings["dtype"] == "bf16" else "fp32"
+    return Choice(chosen.name, {k: v for k, v in settings.items() if v is not None}, plan_dict, tuple(notes))
+
+
+def wait_for_infer(
+    project: Project, run_id: str, *, timeout_s: float | None = None, on_progress: ProgressFn | None = None
+) -> dict:
+    """Wait for an inference run; its outputs, timings and peak memory, or the job's own error."""
+    paths = RunPaths(project.registry.run_dir(run_id))
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        record = runs.wait(project, run_id, timeout=1.0)
+        if on_progress is not None:
+            on_progress(read_json(paths.root / PROGRESS_FILE) or {"stage": record.state.lower()})
+        if record.terminal:
+            break
+        if deadline is not None and time.monotonic() > deadline:
+            runs.cancel(project, run_id)
+            raise JobFailed(f"run {run_id} did not finish within {timeout_s:g}s; cancelled",
+                            hint=f"clusterkit logs {run_id}")
+    report = read_json(paths.result) or {}
+    if record.state == "COMPLETED" and report.get("ok"):
+        keys = ("outputs", "index", "timings", "peak_memory", "device", "dtype", "t5", "videos")
+        return {"state": record.state, **{k: report.get(k) for k in keys}}
+    error = report.get("error")
+    logs = f"clusterkit logs {run_id}"
+    if error and error.get("kind") in ("user_error", "usage_error"):
+        raise UserError(f"run {run_id} stopped before generating: {error['message']}", hint=error.get("hint") or logs)
+    detail = error["message"] if error else f"the job ended {record.state} without a result"
+    raise JobFailed(f"run {run_id} failed: {detail}", hint=logs + (f" ({record.summary})" if record.summary else ""))
+
+
+def _prompts(prompts: tuple[str, ...], prompts_file: str | None) -> tuple[str, ...]:
+    if prompts and prompts_file:
+        raise UserError("give either --prompt (repeatable) or --prompts-file, not both")
+    if prompts_file:
+        return tuple(read_prompts_file(prompts_file))
+    return check_prompts(tuple(prompts))
+
+
+def _forced(the_plan, node: str | None):
+    """With --force: ``node``'s plan, else the node whose leanest candidate misses by the least."""
+    if node is not None:
+        return next(n for n in the_plan.nodes if n.name == node)
+    with_candidate = [n for n in the_plan.nodes if n.chosen is not None] or list(the_plan.nodes)
+    return min(with_candidate, key=lambda n: n.chosen.memory.peak - n.chosen.budget_gib if n.chosen else 0.0)
+
+
+def _warnings(request: InferRequest, preset) -> list[str]:
+    out = []
+    if request.random_weights:
+        out.append(f"--model {preset.name} uses RANDOM weights (seed {preset.weights_seed}): the videos are noise, "
+                   "not generated content; use --model opensora-v1.2 --ckpt-dir DIR for real videos")
+    return out

@@ -1,0 +1,204 @@
+"""``InferRequest``: everything one text-to-video run is asked to do, validated on construction
+(torch-free), so bad input fails on the submit host before anything is launched, and again on
+the node before any weight is loaded.
+
+Also the two rules every output follows:
+- **seeds**: video k of prompt p gets its own generator seeded from (seed, prompt text, k)
+  (``video_seed``), never from its position or from what ran before, so a prompt gives the
+  same video alone, after other prompts, or in another batch;
+- **names**: ``<name>_<prompt index:04d>[-<k>].mp4`` (``.png`` for one frame), where name is
+  the run id (``output_name``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from clusterkit.errors import InvalidChoice, UserError
+from opensora_core import geometry
+from opensora_core.dtypes import check_dtype_name
+from opensora_core.presets import get_preset
+
+from .prompts import DEFAULT_AES, check_prompts
+
+DEFAULT_STEPS = 30  # upstream's v1.2 inference config
+DEFAULT_CFG_SCALE = 7.0
+DEFAULT_FPS = 24
+DEFAULT_SEED = 42
+T5_DEVICES = ("gpu", "cpu")
+#: The v1.2 timestep shift is zero for 2..16 pixel frames (every step would be t=0).
+_DEGENERATE_FRAMES = range(2, geometry.VAE_MICRO_FRAMES)
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    """One run: prompts, video size and length, model, sampler and precision settings."""
+
+    prompts: tuple[str, ...]
+    frames: str
+    """As upstream's --num-frames: 2s 4s 8s 16s 32s, 1x 2x 4x 8x 16x, or a pixel frame count (1 = image)."""
+    resolution: str
+    aspect_ratio: str = "9:16"
+    """H:W as upstream ("9:16" is landscape) or a table key ("0.56")."""
+    model: str = "tiny"
+    ckpt_dir: str | None = None
+    """Checkpoint folder (dit/ t5/ vae2d/ vae3d/); required for opensora-v1.2; tiny: random weights without one."""
+    seed: int = DEFAULT_SEED
+    steps: int = DEFAULT_STEPS
+    cfg_scale: float = DEFAULT_CFG_SCALE
+    fps: int = DEFAULT_FPS
+    """Frame rate of the written video and of the model's fps conditioning (images use 120)."""
+    num_samples: int = 1
+    """Videos per prompt (sample k = 0, 1, ...)."""
+    batch_size: int = 1
+    """Videos denoised together (speed only; each keeps its own noise)."""
+    dtype: str | None = None
+    """Precision of the transformer and the VAE (None: the preset's, fp32 for tiny, bf16 for v1.2)."""
+    t5_dtype: str = "fp32"
+    t5_device: str = "gpu"
+    """Where the text encoder runs when the rank has a GPU ("cpu": never on the GPU)."""
+    vae_micro_batch: int | None = 4
+    """Frames per spatial-VAE decode call (None: all at once)."""
+    flash_attn: bool = True
+    """Use flash-attn for spatial self-attention where installed and supported."""
+    aes: float | None = DEFAULT_AES
+    """Aesthetic score appended to each prompt, as upstream (None: nothing appended)."""
+    name: str = "sample"
+    """File-name prefix of the outputs (the CLI uses the run id)."""
+    output_dir: str | None = None
+    notes: tuple[str, ...] = field(default=())
+    """Where the settings came from (plan, defaults), for the record."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prompts", check_prompts(self.prompts))
+        object.__setattr__(self, "notes", tuple(self.notes))
+        parse_geometry(self.frames, self.resolution, self.aspect_ratio)
+        preset = get_preset(self.model)
+        if preset.weights_seed is None and not self.ckpt_dir:
+            raise UserError(f"--model {self.model} needs --ckpt-dir (its official weights)",
+                            hint="see docs/inference.md for the checkpoint layout; --model tiny runs without weights")
+        for name, low in (("steps", 1), ("fps", 1), ("num_samples", 1), ("batch_size", 1), ("seed", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise UserError(f"--{name.replace('_', '-')} {value!r} must be an integer >= {low}")
+        if self.seed >= 2**63:
+            raise UserError(f"--seed {self.seed} must be below 2**63")
+        if isinstance(self.cfg_scale, bool) or not isinstance(self.cfg_scale, (int, float)):
+            raise UserError(f"--cfg-scale {self.cfg_scale!r} must be a number")
+        if self.dtype is not None:
+            check_dtype_name(self.dtype, "--dtype")
+        check_dtype_name(self.t5_dtype, "T5 dtype")
+        if self.t5_device not in T5_DEVICES:
+            raise InvalidChoice("T5 device", self.t5_device, T5_DEVICES)
+        if not _SAFE_NAME.match(self.name):
+            raise UserError(f"output name {self.name!r} must match {_SAFE_NAME.pattern}")
+        mb = self.vae_micro_batch
+        if mb is not None and (isinstance(mb, bool) or not isinstance(mb, int) or mb < 1):
+            raise UserError(f"VAE micro-batch {mb!r} must be a positive integer")
+
+    @property
+    def num_frames(self) -> int:
+        return self.geometry.num_frames
+
+    @property
+    def geometry(self) -> geometry.VideoGeometry:
+        """Pixel, latent and token sizes of the videos."""
+        return parse_geometry(self.frames, self.resolution, self.aspect_ratio)
+
+    @property
+    def model_dtype(self) -> str:
+        return self.dtype or get_preset(self.model).default_dtype
+
+    @property
+    def random_weights(self) -> bool:
+        return get_preset(self.model).random_weights(self.ckpt_dir)
+
+    def videos(self) -> list[VideoItem]:
+        """Every video of the run in order: prompt by prompt, sample by sample."""
+        ext = ".png" if self.num_frames == 1 else ".mp4"
+        return [
+            VideoItem(index, sample, prompt, video_seed(self.seed, prompt, sample),
+                      output_name(self.name, index, sample, self.num_samples, ext))
+            for index, prompt in enumerate(self.prompts)
+            for sample in range(self.num_samples)
+        ]
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["prompts"] = list(self.prompts)
+        data["notes"] = list(self.notes)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> InferRequest:
+        fields = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - fields)
+        if unknown:
+            raise UserError(f"inference request: unknown keys {unknown}")
+        return cls(**{**data, "prompts": tuple(data.get("prompts", ())), "notes": tuple(data.get("notes", ()))})
+
+    def settings(self) -> dict:
+        """Everything but the prompts (what ``request.json`` holds; prompts go to ``prompts.json``)."""
+        return {k: v for k, v in self.to_dict().items() if k != "prompts"}
+
+    @classmethod
+    def load(cls, settings_path: str | Path, prompts_path: str | Path) -> InferRequest:
+        """Read the two files the CLI writes into the run folder."""
+        settings = json.loads(Path(settings_path).read_text(encoding="utf-8"))
+        prompts = json.loads(Path(prompts_path).read_text(encoding="utf-8"))
+        if not isinstance(prompts, list):
+            raise UserError(f"{prompts_path} must hold a JSON list of prompts")
+        return cls.from_dict({**settings, "prompts": prompts})
+
+
+@dataclass(frozen=True)
+class VideoItem:
+    """One video to make."""
+
+    prompt_index: int
+    sample: int
+    prompt: str
+    seed: int
+    filename: str
+
+
+def parse_geometry(frames: str, resolution: str, aspect_ratio: str) -> geometry.VideoGeometry:
+    """Sizes for --frames, --res and --aspect-ratio; errors name the flag and the valid values."""
+    try:
+        num_frames = geometry.get_num_frames(frames)
+    except InvalidChoice as exc:
+        raise InvalidChoice("--frames", frames, exc.choices) from None
+    if num_frames in _DEGENERATE_FRAMES:
+        raise UserError(
+            f"--frames {frames}: Open-Sora 1.2's timestep shift is zero for 2 to 16 frames, so nothing "
+            "would be denoised",
+            hint="use 1 (an image) or at least 17 frames, e.g. 2s (51 frames)",
+        )
+    try:
+        height, width = geometry.get_image_size(resolution, aspect_ratio)
+    except InvalidChoice as exc:
+        what = "--res" if exc.what == "resolution" else f"--aspect-ratio (at {resolution})"
+        raise InvalidChoice(what, exc.value, exc.choices) from None
+    return geometry.video_geometry(num_frames, height, width)
+
+
+def video_seed(seed: int, prompt: str, sample: int) -> int:
+    """The generator seed of sample ``sample`` of ``prompt`` in a run seeded ``seed`` (63 bits):
+    the first 8 bytes of sha256("<seed>\\0<sample>\\0<prompt>")."""
+    digest = hashlib.sha256(f"{seed}\0{sample}\0{prompt}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def output_name(name: str, prompt_index: int, sample: int, num_samples: int, ext: str) -> str:
+    """``<name>_<prompt index:04d>.mp4``, with ``-<sample>`` before the extension when a prompt has
+    several samples (as upstream's ``sample_0000-1.mp4``)."""
+    suffix = f"-{sample}" if num_samples > 1 else ""
+    return f"{name}_{prompt_index:04d}{suffix}{ext}"
+
+
+__all__ = ["InferRequest", "VideoItem", "output_name", "parse_geometry", "video_seed"]
