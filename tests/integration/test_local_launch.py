@@ -126,3 +126,35 @@ def test_logs_show_and_follow_every_rank(project, cli):
     assert any("rank 1/2" in line for line in next(iter(files.values())))
     code, out, _ = cli("status", spec.run_id)
     assert out["result"]["runs"][0]["state"] == "COMPLETED"
+
+
+def test_stalled_rank_then_log_diagnosis_of_the_run(cli):
+    code, out, err = cli("diagnose", "nccl", "--executor", "local", "--nodes", "worker-5,worker-8",
+                         "--gpus-per-node", "1", "--timeout", "8", "--stall-rank", "1", "--no-plot")
+    assert code == 1, err
+    result = out["result"]
+    assert [m["rank"] for m in result["hang"]["missing"]] == [1]
+    assert result["hang"]["missing"][0]["node"] == "worker-8" or result["hang"]["missing"][0]["node"] == "worker-5"
+    assert result["log_diagnosis"] is not None  # the failed run's logs were read right away
+    code, logs, err = cli("diagnose", "nccl", "--run", result["run_id"])
+    assert code in (0, 1), err
+    assert logs["command"] == "diagnose nccl" and logs["result"]["run_id"] == result["run_id"]
+    assert logs["result"]["lines"] > 0 and logs["result"]["sources"]
+
+
+def test_log_diagnosis_of_loose_files_names_cause_and_fix(cli, tmp_path):
+    log = tmp_path / "rank-000.log"
+    log.write_text(
+        "[rank0]:[E1122 02:08:11.123456 ProcessGroupNCCL.cpp:1234] [PG 0 Rank 0] Watchdog caught collective "
+        "operation timeout: WorkNCCL(SeqNum=57, OpType=ALLREDUCE, NumelIn=1048576, NumelOut=1048576, "
+        "Timeout(ms)=600000) ran for 600076 milliseconds before timing out.\n")
+    code, out, err = cli("diagnose", "nccl", "--log", str(log))
+    assert code == 1, err
+    first = out["result"]["first_error"]
+    assert first["id"] == "N1" and first["fix"] and first["cause"]
+    code, text, _ = cli("diagnose", "nccl", "--log", str(log), expect_json=False)
+    assert "N1" in text
+    code, out, _ = cli("diagnose", "nccl", "--log", str(tmp_path / "missing.log"))
+    assert code == 2
+    code, out, _ = cli("diagnose", "nccl", "--log", str(log), "--node", "worker-5")
+    assert code == 2 and "do not combine" in out["error"]["message"]
