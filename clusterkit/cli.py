@@ -223,6 +223,8 @@ def diagnose_nccl(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be submitted; submit nothing."),
     run: Optional[str] = typer.Option(None, "--run", help="Diagnose the logs of this run instead of benchmarking."),
     log: list[str] = typer.Option([], "--log", metavar="PATH", help="Diagnose these log files (repeatable)."),
+    more_logs: list[str] = typer.Argument(None, metavar="[PATH]...", show_default=False,
+                                          help="More log files for --log (so `--log logs/*.log` works)."),
     stall_rank: Optional[int] = typer.Option(None, "--stall-rank", hidden=True, help="Test hook: this rank stalls."),
     json_flag: bool = JSON_OPT,
 ) -> None:
@@ -236,6 +238,9 @@ def diagnose_nccl(
     state = get_state(ctx, json_flag)
     if nodes_opt and node:
         raise UserError("give either --nodes or --node, not both")
+    if more_logs and not log:
+        raise UserError(f"unexpected argument {more_logs[0]!r}; log files go after --log")
+    log = [*log, *(more_logs or [])]
     project = state.project()
     if run or log:
         if nodes_opt or node or dry_run:
