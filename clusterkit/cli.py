@@ -108,14 +108,23 @@ def _render_runs(records: list, title: str) -> None:
 
     import time
 
+    from clusterkit.launch.runs import attempts
+
     table = Table(title=title, title_justify="left")
-    for column in ("run", "kind", "executor", "nodes", "job ids", "state", "age", "summary"):
+    for column in ("run", "kind", "executor", "nodes", "job ids", "state", "attempts", "age", "summary"):
         table.add_column(column, overflow="fold")
     now = time.time()
     for r in records:
         table.add_row(r.run_id, r.kind, r.executor, ",".join(r.nodes), ",".join(r.job_ids),
-                      _colour_state(r.state), fmt_seconds(now - r.created_at), r.summary)
+                      _colour_state(r.state), str(len(attempts(r)) or "-"), fmt_seconds(now - r.created_at), r.summary)
     console().print(table)
+
+
+def _run_dicts(records: list) -> list[dict]:
+    """Registry records for --json, each with its attempts (one per Slurm requeue)."""
+    from clusterkit.launch.runs import attempts
+
+    return [{**r.to_dict(), "attempts": attempts(r)} for r in records]
 
 
 def _colour_state(state: str) -> str:
@@ -123,15 +132,39 @@ def _colour_state(state: str) -> str:
     return f"[{colour}]{state}[/{colour}]"
 
 
-@app.command()
+runs_app = typer.Typer(help="List recent runs; `runs plot RUN` plots a training run's metrics.")
+app.add_typer(runs_app, name="runs")
+
+
+@runs_app.callback(invoke_without_command=True)
 def runs(ctx: typer.Context, limit: int = typer.Option(20, help="How many recent runs."),
          json_flag: bool = JSON_OPT) -> None:
     """List recent runs from the registry (states as last seen; `status` refreshes)."""
+    if ctx.invoked_subcommand is not None:
+        return
     state = get_state(ctx, json_flag)
     project = state.project()
     records = project.registry.list(limit=limit)
-    emit("runs", {"runs": [r.to_dict() for r in records]},
+    emit("runs", {"runs": _run_dicts(records)},
          lambda _: _render_runs(records, f"runs in {project.runs_dir}"), as_json=state.json)
+
+
+@runs_app.command("plot")
+def runs_plot(ctx: typer.Context, run: str = typer.Argument(..., help="Run id (or unique prefix)."),
+              output: Optional[str] = typer.Option(None, "--output", help="PNG path (default RUN_DIR/metrics.png)."),
+              json_flag: bool = JSON_OPT) -> None:
+    """Plot a training run's loss, step time, samples/s and memory (metrics.jsonl) to a PNG."""
+    from pathlib import Path
+
+    from clusterkit.train_metrics import plot_metrics, read_metrics
+
+    state = get_state(ctx, json_flag)
+    record = state.project().registry.get(run)
+    records = read_metrics(record.run_dir)
+    path = plot_metrics(records, Path(output) if output else record.run_dir / "metrics.png",
+                        f"{record.run_id}: {len(records)} steps")
+    emit("runs plot", {"run_id": record.run_id, "plot": str(path), "steps": len(records),
+                       "last": records[-1]}, lambda _: console().print(f"plot: {path}"), as_json=state.json)
 
 
 @app.command()
@@ -143,8 +176,7 @@ def status(ctx: typer.Context, run: Optional[str] = typer.Argument(None, help="R
 
     state = get_state(ctx, json_flag)
     records = runs_api.status(state.project(), run, limit=limit)
-    emit("status", {"runs": [r.to_dict() for r in records]}, lambda _: _render_runs(records, "status"),
-         as_json=state.json)
+    emit("status", {"runs": _run_dicts(records)}, lambda _: _render_runs(records, "status"), as_json=state.json)
 
 
 @app.command()
@@ -389,6 +421,7 @@ def _human_bytes(n: int) -> str:
 from clusterkit.cli_plan import register as _register_plan; _register_plan(app)  # noqa: E402,E702
 from clusterkit.cli_preflight import register as _register_preflight; _register_preflight(app)  # noqa: E402,E702
 from clusterkit.cli_submit import register as _register_submit; _register_submit(app)  # noqa: E402,E702
+from clusterkit.cli_train import register as _register_train; _register_train(app)  # noqa: E402,E702
 
 
 # ---------------------------------------------------------------------------- error boundary

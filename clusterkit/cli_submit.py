@@ -29,7 +29,16 @@ def infer_command(
     model: str = typer.Option("opensora-v1.2", "--model", help="opensora-v1.2 (needs --ckpt-dir) | tiny (random)."),
     ckpt_dir: Optional[str] = typer.Option(None, "--ckpt-dir", help="Folder with dit/ t5/ vae2d/ vae3d/."),
     node: Optional[str] = typer.Option(None, "--node", help="Run on this node (default: the planner's best)."),
-    gpus: Optional[int] = typer.Option(None, "--gpus", help="GPUs to use (1 until sequence parallelism lands)."),
+    nodes: Optional[str] = typer.Option(
+        None, "--nodes", help="Sweep the prompts over these nodes ('all' or a,b,c): one job per node, one "
+        "output folder; re-run the same command to resume."),
+    gpus: Optional[int] = typer.Option(None, "--gpus", help="GPUs per node (replicas x CFG split x --sp)."),
+    sp: Optional[int] = typer.Option(None, "--sp", help="Sequence-parallel degree; must divide the attention "
+                                     "heads (1 2 4 8 16)."),
+    cfg_parallel: Optional[bool] = typer.Option(
+        None, "--cfg-parallel/--no-cfg-parallel", help="Split the CFG pair over 2 GPUs."),
+    sp_scheme: str = typer.Option("dsp", "--sp-scheme", help="SP attention: dsp (default, 2 all-to-alls per "
+                                  "block) | ulysses (4). See docs/parallelism.md."),
     seed: int = typer.Option(42, "--seed", help="Run seed; each video's seed derives from it, its prompt and sample."),
     steps: int = typer.Option(30, "--steps", help="Sampling steps."),
     num_samples: int = typer.Option(1, "--num-samples", help="Videos per prompt."),
@@ -46,25 +55,33 @@ def infer_command(
     json_flag: bool = JSON_OPT,
 ) -> None:
     """Generate videos from text prompts with Open-Sora 1.2 (or the tiny random model)."""
+    from clusterkit.errors import UserError
     from clusterkit.launch.envprofiles import parse_env_assignments
-    from clusterkit.submit import submit_infer
 
     state = get_state(ctx, json_flag)
+    if node and nodes:
+        raise UserError("give either --node (one run) or --nodes (a sweep over several nodes), not both")
     progress = None if state.json or not wait or dry_run else _ProgressBar()
+    common = dict(
+        frames=frames, resolution=res, aspect_ratio=aspect_ratio, prompts=tuple(prompt), prompts_file=prompts_file,
+        model=model, ckpt_dir=ckpt_dir, gpus=gpus, sp=sp, cfg_parallel=cfg_parallel, sp_scheme=sp_scheme,
+        seed=seed, steps=steps, num_samples=num_samples, cfg_scale=cfg_scale, fps=fps, executor=executor,
+        nccl_profile=nccl_profile, output=output, wait=wait, dry_run=dry_run, force=force, timeout_s=timeout,
+        on_progress=progress.update if progress else None, on_submitted=progress.start if progress else None,
+    )
     try:
-        result = submit_infer(
-            state.project(), frames=frames, resolution=res, aspect_ratio=aspect_ratio, prompts=tuple(prompt),
-            prompts_file=prompts_file, model=model, ckpt_dir=ckpt_dir, node=node, gpus=gpus, seed=seed,
-            steps=steps, num_samples=num_samples, cfg_scale=cfg_scale, fps=fps, executor=executor,
-            nccl_profile=nccl_profile, env=parse_env_assignments(env), output=output, wait=wait,
-            dry_run=dry_run, force=force, timeout_s=timeout,
-            on_progress=progress.update if progress else None,
-            on_submitted=progress.start if progress else None,
-        )
+        if nodes:
+            from clusterkit.sweep import submit_sweep
+
+            result = submit_sweep(state.project(), nodes=nodes, env=parse_env_assignments(env), **common)
+        else:
+            from clusterkit.submit import submit_infer
+
+            result = submit_infer(state.project(), node=node, env=parse_env_assignments(env), **common)
     finally:
         if progress:
             progress.stop()
-    emit("submit infer", result, _render, as_json=state.json)
+    emit("submit infer", result, _render_sweep if nodes else _render, as_json=state.json)
 
 
 class _ProgressBar:
@@ -84,7 +101,10 @@ class _ProgressBar:
             TimeElapsedColumn,
         )
 
-        _render_submitted(submitted)
+        if "sweep" in submitted:
+            _render_sweep_submitted(submitted)
+        else:
+            _render_submitted(submitted)
         self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                   TimeElapsedColumn(), console=console(stderr=True), transient=True)
         self._progress.start()
@@ -94,7 +114,10 @@ class _ProgressBar:
         if self._progress is None:
             return
         stage = event.get("stage", "")
-        if stage == "denoising":
+        if stage == "sweep":
+            self._progress.update(self._task, total=event["total"], completed=event["done"],
+                                  description=f"sweep: {event['running']} job(s) running")
+        elif stage == "denoising":
             self._steps = event["steps"]
             total = event["videos"] * event["steps"]
             done = (event["video"] - 1) * event["steps"] + event["step"]
@@ -135,6 +158,40 @@ def _render_submitted(result: dict) -> None:
     for note in result["notes"]:
         out.print(f"[dim]note:[/dim] {escape(note)}")
     out.print(f"run folder: {result['run_dir']}")
+
+
+def _render_sweep_submitted(result: dict) -> None:
+    from rich.markup import escape
+
+    out = console()
+    _print_warnings(out, result["warnings"])
+    what = "dry run (nothing submitted)" if result["dry_run"] else f"sweep {result['sweep']}"
+    out.print(f"{what}: {result['num_videos']} video(s), {result['already_done']} already done, "
+              f"{result['to_make']} to make")
+    for run in result["runs"]:
+        seconds = run["seconds_per_video"]
+        predicted = f", predicted {seconds:.0f} s/video per group (full model)" if seconds else ""
+        jobs = f" job {','.join(run['job_ids'])}" if run["job_ids"] else ""
+        out.print(f"  {run['node']}: {len(run['videos'])} video(s) on {run['describe']}{predicted}"
+                  f" -> run {run['run_id']}{jobs}")
+    for node, why in result["skipped"].items():
+        out.print(f"  [dim]{escape(node)} skipped: {escape(why)}[/dim]")
+    out.out(f"output folder: {result['output_dir']}", highlight=False)
+
+
+def _render_sweep(result: dict) -> None:
+    out = console()
+    if "index" not in result or result["dry_run"]:
+        _render_sweep_submitted(result)
+        if result["to_make"]:
+            out.print("re-run the same command to resume; `clusterkit status` shows the jobs")
+        return
+    if result["runs"]:
+        _render_sweep_submitted(result)
+    out.print(f"sweep {result['sweep']}: {result['done']} of {result['expected']} video(s) done")
+    out.out(f"index: {result['index']}", highlight=False)
+    for path in result["outputs"]:
+        out.out(path, highlight=False)
 
 
 def _render(result: dict) -> None:

@@ -19,6 +19,8 @@ from functools import cache, cached_property
 
 from clusterkit.gpus import GPUSpec
 from opensora_core import geometry
+from opensora_core.parallel import volume
+from opensora_core.parallel.layout import DEFAULT_SP_SCHEME, legal_sp_degrees
 
 GIB = 2**30
 
@@ -29,14 +31,21 @@ DEPTH = 28  # spatial blocks; there are as many temporal blocks
 NUM_HEADS = 16
 TEXT_TOKENS = 300  # model_max_length; the FLOP count charges the full 300 (performance_facts §3.2)
 #: Sequence-parallel degrees: SP scatters the 16 heads, so the degree must divide 16 (§8.3 of the
-#: v1.2 facts: 6 ranks get 3,3,3,3,2,2 heads, a shape error on some ranks and an NCCL timeout on the rest).
-SP_DEGREES = tuple(d for d in range(1, NUM_HEADS + 1) if NUM_HEADS % d == 0)
+#: v1.2 facts: 6 ranks get 3,3,3,3,2,2 heads, a shape error on some ranks and an NCCL timeout on the
+#: rest). The rule lives with the layout (opensora_core.parallel.layout), which refuses it before launch.
+SP_DEGREES = legal_sp_degrees(NUM_HEADS)
 SAMPLING_STEPS = 30  # rflow num_sampling_steps of the v1.2 inference config
 DIT_PARAMS = 1.21e9  # 4.84 GB fp32 safetensors / 4 B [SRC HF file listing]
 T5_PARAMS = 4.762e9  # T5-XXL encoder, ~19 GB fp32 checkpoint (performance_facts §4.1, UNVERIFIED)
 VAE_PARAMS = 393.3e6  # 83.65M SDXL 2D VAE + 309.69M temporal VAE (opensora_v12_facts §2.1)
-#: All-to-alls per spatial block in v1.2's Ulysses SP: qkv (3), attention out, cross-attn q and out.
-SP_ALLTOALLS_PER_BLOCK = 6
+#: Hidden-sized tensors moved by all-to-all per spatial block: v1.2's own SP moves 6 (qkv, attention
+#: out, cross-attn q and out); ours 4 (ulysses) or 2 (dsp, the default) (opensora_core.parallel.volume).
+SP_ALLTOALLS_PER_BLOCK = volume.ALLTOALLS_PER_SPATIAL_BLOCK["upstream"]
+#: The scheme the job runs unless told otherwise, and so the one the planner charges.
+SP_SCHEME = DEFAULT_SP_SCHEME
+#: Final-layer outputs per token (patch volume 4 x 8 output channels): what SP gathers every step.
+OUT_PER_TOKEN = 4 * 8
+LATENT_CHANNELS = 4
 VAE_MICRO_BATCH_DEFAULT = 4  # OpenSoraVAE_V1_2(micro_batch_size=4) [SRC vae.py]
 
 DTYPES = ("bf16", "fp16")
@@ -57,8 +66,11 @@ NAIVE_ATTENTION_BYTES_PER_SCORE = 10
 #: Transient of the 2D VAE decoding one micro-batch, per output pixel per frame. [FIT] to the 2s
 #: and 4s columns (720p +16-18 GB, 480p +6-7 GB, 360p +3 GB over the resident weights).
 VAE_DECODE_BYTES_PER_PIXEL = 5e3
-#: The decoded video stays on the GPU as 3 bf16 channels until it is saved. [DERIVED]
+#: The decoded video stays on the GPU as 3 bf16 channels until it is saved (one GPU). [DERIVED]
 DECODED_BYTES_PER_PIXEL = 3 * 2
+#: A group shares the decode (opensora_core.parallel.shared): each rank converts its frames to uint8
+#: and the first rank gathers them: 3 bytes per pixel, no floating-point copy of the video. [DERIVED]
+SHARED_DECODED_BYTES_PER_PIXEL = 3
 #: Fraction of usable memory kept free for allocator fragmentation (performance_facts §2.7 budgets
 #: 10-25% slack for *reserved* memory; the fitted peaks already sit near nvidia-smi figures, and the
 #: seed's 4x A6000 720p 8s run, which fit, needs this to be <= ~9%). UNVERIFIED.
@@ -256,15 +268,24 @@ def memory(work: Workload, settings: Settings) -> Memory:
         misc=MISC_GIB,
         activations=block,
         attention=scores * NAIVE_ATTENTION_BYTES_PER_SCORE / GIB,
-        vae=vae_transient_gib(work, settings.vae_micro_batch),
+        vae=vae_transient_gib(work, settings.vae_micro_batch, settings.group),
         t5_phase=_encode_gib(settings.t5, settings.dtype) + weights + MISC_GIB,
     )
 
 
-def vae_transient_gib(work: Workload, micro_batch: int) -> float:
-    """The VAE decode transient (not sharded by SP) plus the decoded video kept on the GPU."""
+def vae_transient_gib(work: Workload, micro_batch: int, group: int = 1) -> float:
+    """The VAE decode transient of one micro-batch (the same on every rank, whatever the group) plus
+    the decoded video held: bf16 on one GPU; shared by a group, the first rank's uint8 frames and
+    the buffer it gathers every rank's uint8 frames into (the busiest rank: the peak)."""
     decoding = min(micro_batch, work.num_frames) * work.pixels * VAE_DECODE_BYTES_PER_PIXEL
-    return (decoding + work.num_frames * work.pixels * DECODED_BYTES_PER_PIXEL) / GIB
+    if group == 1:
+        return (decoding + work.num_frames * work.pixels * DECODED_BYTES_PER_PIXEL) / GIB
+    own = -(-_micro_batches(work, micro_batch) // group) * min(micro_batch, work.num_frames)  # frames
+    return (decoding + (group + 1) * own * work.pixels * SHARED_DECODED_BYTES_PER_PIXEL) / GIB
+
+
+def _micro_batches(work: Workload, micro_batch: int) -> int:
+    return -(-work.num_frames // micro_batch)
 
 
 def _encode_gib(placement: str, dtype: str) -> float:
@@ -287,7 +308,7 @@ def timing(work: Workload, settings: Settings, gpu: GPUSpec, fabric: str) -> Tim
         dit=dit,
         attention=attention,
         comm=work.steps * _comm_per_step(work, settings, fabric),
-        vae=_vae_seconds(work, settings, peak),
+        vae=_vae_seconds(work, settings, peak, fabric),
         fixed=FIXED_SECONDS,
     )
 
@@ -309,21 +330,39 @@ def _text_seconds(settings: Settings, gpu: GPUSpec) -> float:
 
 
 def _comm_per_step(work: Workload, settings: Settings, fabric: str) -> float:
-    """All-to-alls of the spatial blocks (SP) and the exchange of the CFG halves, per sampling step."""
-    seconds = COLLECTIVE_LATENCY_S if settings.cfg_parallel else 0.0
+    """All-to-alls of the spatial blocks and the output gather (SP), and the exchange of the CFG
+    halves' velocity, per sampling step."""
+    step = step_volume(work, settings)
+    seconds = 0.0
+    if settings.cfg_parallel:
+        seconds += COLLECTIVE_LATENCY_S + step.cfg / (alltoall_gbs(fabric, 2) * 1e9)
     if settings.sp == 1:
         return seconds
-    calls = DEPTH * SP_ALLTOALLS_PER_BLOCK
-    sent = sp_bytes_per_step(work, settings)
+    calls = step.alltoalls + 1  # + the gather of the final layer's output
+    sent = step.attention + step.gather
     return seconds + sent / (alltoall_gbs(fabric, settings.sp) * 1e9) + calls * COLLECTIVE_LATENCY_S
 
 
-def sp_bytes_per_step(work: Workload, settings: Settings) -> float:
-    """Bytes one rank sends per sampling step in v1.2's SP: 6 all-to-alls of a hidden-sized bf16 tensor
-    per spatial block, each keeping 1/p of it local (performance_facts §3.5)."""
-    p = settings.sp
-    held = settings.batch * work.tokens(p) * HIDDEN_SIZE * 2 / p
-    return DEPTH * SP_ALLTOALLS_PER_BLOCK * held * (p - 1) / p
+def step_volume(work: Workload, settings: Settings, scheme: str = SP_SCHEME) -> volume.StepVolume:
+    """Bytes one rank sends per sampling step with our SP ``scheme`` (opensora_core.parallel.volume;
+    the benchmark checks the formula against counted bytes), bf16 activations."""
+    return volume.step_volume(
+        scheme=scheme, sp=settings.sp, cfg=2 if settings.cfg_parallel else 1, videos=1, frames=work.temporal,
+        spatial_tokens=work.rows * work.cols, hidden=HIDDEN_SIZE, depth=DEPTH, out_dim=OUT_PER_TOKEN,
+        latent_elements=LATENT_CHANNELS * work.temporal * 2 * work.rows * 2 * work.cols, elem_bytes=2,
+    )
+
+
+def sp_bytes_per_step(work: Workload, settings: Settings, scheme: str = SP_SCHEME) -> float:
+    """Bytes one rank sends per sampling step for sequence parallelism (all-to-alls and the output
+    gather). ``scheme="upstream"``: v1.2's own SP, 6 all-to-alls of a hidden-sized bf16 tensor per
+    spatial block, each keeping 1/p of it local (performance_facts §3.5), for comparison."""
+    if scheme == "upstream":
+        p = settings.sp
+        held = settings.batch * work.tokens(p) * HIDDEN_SIZE * 2 / p
+        return DEPTH * SP_ALLTOALLS_PER_BLOCK * held * (p - 1) / p
+    step = step_volume(work, settings, scheme)
+    return step.attention + step.gather
 
 
 def alltoall_gbs(fabric: str, group: int) -> float:
@@ -332,10 +371,17 @@ def alltoall_gbs(fabric: str, group: int) -> float:
     return table[min((g for g in table if g >= group), default=max(table))]
 
 
-def _vae_seconds(work: Workload, settings: Settings, peak: float) -> float:
+def _vae_seconds(work: Workload, settings: Settings, peak: float, fabric: str = "pcie-shm") -> float:
+    """The decode, shared by the ranks of a group micro-batch by micro-batch (up to one each), plus
+    gathering the uint8 frames on the first rank."""
     flops = VAE_FLOPS_PER_PIXEL * work.pixels * work.num_frames
     penalty = 1 + VAE_MICRO_BATCH_PENALTY * max(0.0, VAE_MICRO_BATCH_DEFAULT / settings.vae_micro_batch - 1)
-    return flops / (peak * VAE_EFFICIENCY) * penalty
+    seconds = flops / (peak * VAE_EFFICIENCY) * penalty
+    if settings.group == 1:
+        return seconds
+    sharing = min(settings.group, _micro_batches(work, settings.vae_micro_batch))
+    gather = work.num_frames * work.pixels * SHARED_DECODED_BYTES_PER_PIXEL / (alltoall_gbs(fabric, settings.group) * 1e9)
+    return seconds / sharing + gather
 
 
 # ---------------------------------------------------------------- training

@@ -415,8 +415,8 @@ def _estimate(estimates: _Estimates, work: cm.Workload, facts: NodeFacts, key: t
 
 def _rejection(work: cm.Workload, facts: NodeFacts, settings: cm.Settings, memory: cm.Memory) -> str | None:
     budget = facts.gpu.usable_gib * (1 - cm.MEMORY_HEADROOM)
-    if settings.sp > work.rows:
-        return f"--sp {settings.sp} exceeds the {work.rows} patch rows: some ranks would hold only padding"
+    if settings.sp > work.rows * work.cols:
+        return f"--sp {settings.sp} exceeds the {work.rows * work.cols} tokens of a frame: some ranks would hold only padding"
     if memory.peak > budget:
         return _memory_reason(memory, settings, facts.gpu, budget)
     return None
@@ -429,7 +429,7 @@ def _plan_node(facts: NodeFacts, request: PlanRequest, work: cm.Workload, estima
     best = _pick(options, request.objective, usable)
     if best is not None:
         chosen = _candidate(*best, usable)
-        return True, chosen, _notes(facts, chosen, request.task), (), tuple(options)
+        return True, chosen, _notes(facts, chosen, request), (), tuple(options)
     alternatives = _alternatives(facts, request, estimates)
     leanest = min(((layout, rate, found) for layout, rate, found_all in options for found in found_all),
                   key=lambda option: option[2].memory.peak, default=None)
@@ -561,9 +561,9 @@ def _objective_value(candidate: Candidate, objective: str) -> float:
     return candidate.seconds if objective == "latency" else -candidate.videos_per_hour
 
 
-def _notes(facts: NodeFacts, chosen: Candidate, task: str) -> tuple[str, ...]:
+def _notes(facts: NodeFacts, chosen: Candidate, request: PlanRequest) -> tuple[str, ...]:
     """Why a feasible plan looks the way it does, where that is not obvious."""
-    spec, s, notes = facts.gpu, chosen.settings, []
+    spec, s, notes, task = facts.gpu, chosen.settings, [], request.task
     if s.dtype == "fp16" and not spec.bf16:
         notes.append(f"fp16: {_gpu_name(spec)} ({spec.sm}) has no bf16; fp16 overflow in this bf16-trained "
                      "model is UNVERIFIED")
@@ -572,6 +572,12 @@ def _notes(facts: NodeFacts, chosen: Candidate, task: str) -> tuple[str, ...]:
                      f"attention costs {chosen.memory.attention:.1f} GiB/GPU and {chosen.timing.attention:.0f} s")
     if s.sp > 1 and facts.fabric_note:
         notes.append(facts.fabric_note)
+    idle = facts.count - chosen.layout.gpus
+    if task == "infer" and idle and request.gpus is None and chosen.layout.replicas == request.num_videos:
+        largest = max(sp * 2 for sp in cm.SP_DEGREES if sp * 2 <= facts.count)
+        notes.append(f"{idle} of {facts.count} GPUs idle: one video splits over at most {largest} GPUs here "
+                     f"(--sp must divide the {cm.NUM_HEADS} attention heads, x2 with the CFG split); more videos "
+                     "(--num-videos, a prompts file) use the rest as replicas")
     if task == "train" and s.t5 == "offload":
         notes.append("T5 offload in training means precomputed text embeddings (no T5 on the GPU)")
     return tuple(notes)

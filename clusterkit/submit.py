@@ -6,11 +6,16 @@ Torch-free: this only launches a job (``jobs/infer.yaml`` -> ``opensora_core.inf
 
 Settings:
 - ``opensora-v1.2``: the planner (``clusterkit.planner``) picks the node when ``--node`` is not
-  given and sets precision, attention, T5 placement and VAE micro-batch; a layout it rejects is
-  refused unless ``--force``.
+  given, the layout (GPUs, ``--sp``, ``--cfg-parallel``, replicas; each flag given pins it) and
+  sets precision, attention, T5 placement and VAE micro-batch; a plan it rejects is refused
+  unless ``--force``.
 - ``tiny``: the planner sizes the full model, not this one, so it never blocks a tiny run: the
   node is ``--node``, else the planner's best node for the same video, else the first node; the
-  settings are fp32 everywhere (CPU-friendly).
+  layout is the flags' (default one GPU); the settings are fp32 everywhere (CPU-friendly).
+
+Every layout is checked (``opensora_core.parallel.ParallelLayout``) before anything is planned,
+written or submitted: ``--sp 6`` on a 16-head model fails at once, naming the rule and the legal
+layouts. ``--nodes`` (a prompt sweep over several nodes) is ``clusterkit.sweep``.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from clusterkit.launch.spec import LaunchSpec, node_slots
 from clusterkit.project import Project
 from opensora_core.inference.prompts import check_prompts, read_prompts_file
 from opensora_core.inference.request import InferRequest
+from opensora_core.parallel.layout import DEFAULT_SP_SCHEME, ParallelLayout, check_sp_degree
 from opensora_core.presets import checkpoint_paths, get_preset
 
 PRESET = "infer"
@@ -46,12 +52,41 @@ ProgressFn = Callable[[dict], None]
 
 @dataclass(frozen=True)
 class Choice:
-    """Where the run goes and with which settings, and why."""
+    """Where the run goes, on which layout and with which settings, and why."""
 
     node: str
     settings: dict
     plan: dict | None
     notes: tuple[str, ...]
+    layout: ParallelLayout = ParallelLayout()
+    seconds: float | None = None
+    """Predicted seconds per video of one replica group (the full model's; None when unknown)."""
+
+
+@dataclass(frozen=True)
+class LayoutPins:
+    """The layout flags: ``gpus``, ``sp`` and ``cfg_parallel`` pin the planner (None: it chooses)."""
+
+    gpus: int | None = None
+    sp: int | None = None
+    cfg_parallel: bool | None = None
+    sp_scheme: str = DEFAULT_SP_SCHEME
+
+    def check(self, num_heads: int) -> None:
+        """``LayoutError`` naming the rule for flags no node could run (before any planning)."""
+        if self.sp is not None:
+            check_sp_degree(self.sp, num_heads, self.gpus or self.sp)
+        ParallelLayout(sp=self.sp or 1, cfg=2 if self.cfg_parallel else 1, sp_scheme=self.sp_scheme,
+                       num_heads=num_heads)
+        if self.gpus is not None:
+            ParallelLayout.for_world(self.gpus, sp=self.sp or 1, cfg_parallel=bool(self.cfg_parallel),
+                                     sp_scheme=self.sp_scheme, num_heads=num_heads)
+
+    def fixed(self, num_heads: int) -> ParallelLayout:
+        """The layout the flags give when nothing is planned (tiny): one replica unless --gpus says more."""
+        sp, cfg = self.sp or 1, bool(self.cfg_parallel)
+        gpus = self.gpus or sp * (2 if cfg else 1)
+        return ParallelLayout.for_world(gpus, sp=sp, cfg_parallel=cfg, sp_scheme=self.sp_scheme, num_heads=num_heads)
 
 
 def submit_infer(
@@ -66,6 +101,9 @@ def submit_infer(
     ckpt_dir: str | None = None,
     node: str | None = None,
     gpus: int | None = None,
+    sp: int | None = None,
+    cfg_parallel: bool | None = None,
+    sp_scheme: str = DEFAULT_SP_SCHEME,
     seed: int = 42,
     steps: int = 30,
     num_samples: int = 1,
@@ -85,28 +123,30 @@ def submit_infer(
     """Validate, plan, launch; with ``wait`` also the outputs. Every input error is raised before
     anything is written or submitted. ``on_submitted(result)`` runs once the job is submitted and
     before waiting; ``on_progress(event)`` on every poll while waiting (the job's progress.json)."""
-    prompt_list = _prompts(prompts, prompts_file)
-    if gpus is not None and gpus != 1:
-        raise UserError(f"--gpus {gpus}: inference runs on one GPU for now (sequence parallelism comes later)",
-                        hint="use --gpus 1")
     preset = get_preset(model)
+    pins = LayoutPins(gpus, sp, cfg_parallel, sp_scheme)
+    pins.check(preset.stdit3_config.get("num_heads", 16))  # before anything is read, planned or written
+    prompt_list = _prompts(prompts, prompts_file)
     if ckpt_dir is not None:
         checkpoint_paths(ckpt_dir)  # the layout, from file names: missing components fail here
         ckpt_dir = str(Path(ckpt_dir).expanduser().resolve())
     draft = InferRequest(prompts=prompt_list, frames=frames, resolution=resolution, aspect_ratio=aspect_ratio,
                          model=model, ckpt_dir=ckpt_dir, seed=seed, steps=steps, num_samples=num_samples,
                          cfg_scale=cfg_scale, fps=fps)
-    choice = choose_settings(project, draft, node=node, force=force)
+    choice = choose_settings(project, draft, node=node, force=force, pins=pins)
     job = load_preset(project.jobs_dir, PRESET)
     run_id = new_run_id(job.kind)
     paths = RunPaths(project.registry.run_dir(run_id))
     output_dir = Path(output).expanduser().resolve() if output else paths.root / "outputs"
     if output_dir.exists() and not output_dir.is_dir():
         raise UserError(f"--output {str(output_dir)!r} is a file, not a folder")
+    layout = choice.layout
     request = InferRequest(**{**draft.to_dict(), "prompts": prompt_list, **choice.settings, "name": run_id,
-                              "output_dir": str(output_dir), "notes": choice.notes})
+                              "output_dir": str(output_dir), "notes": choice.notes, "node": choice.node,
+                              "sp": layout.sp, "cfg_parallel": layout.cfg_enabled, "sp_scheme": layout.sp_scheme})
     spec = LaunchSpec(
-        run_id=run_id, kind=job.kind, nodes=node_slots(project.inventory, choice.node), gpus_per_node=1,
+        run_id=run_id, kind=job.kind, nodes=node_slots(project.inventory, choice.node),
+        gpus_per_node=layout.world_size,
         entry=job.entry,
         args=(*job.args, "--request", str(paths.root / REQUEST_FILE), "--prompts", str(paths.root / PROMPTS_FILE),
               "--result", str(paths.result)),
@@ -129,6 +169,7 @@ def submit_infer(
         "settings": {key: getattr(request, key) for key in ("dtype", "t5_device", "t5_dtype", "vae_micro_batch",
                                                             "flash_attn", "seed", "steps", "cfg_scale", "fps")},
         "plan": choice.plan,
+        "layout": layout.to_dict(),
         "num_videos": len(request.videos()),
         "output_dir": str(output_dir),
         "expected_outputs": [str(output_dir / v.filename) for v in request.videos()],
@@ -140,28 +181,40 @@ def submit_infer(
     return {**result, **wait_for_infer(project, run_id, timeout_s=timeout_s, on_progress=on_progress)}
 
 
-def choose_settings(project: Project, request: InferRequest, *, node: str | None, force: bool) -> Choice:
-    """The node and the request fields the plan decides (see the module docstring)."""
+TINY_SETTINGS = {"dtype": "fp32", "t5_device": "gpu", "t5_dtype": "fp32", "vae_micro_batch": 4, "flash_attn": False}
+
+
+def choose_settings(project: Project, request: InferRequest, *, node: str | None, force: bool,
+                    pins: LayoutPins = LayoutPins(), objective: str | None = None,
+                    num_videos: int | None = None) -> Choice:
+    """The node, the layout and the request fields the plan decides (see the module docstring).
+    ``num_videos`` (default: the request's) caps the replicas; ``objective`` is the planner's."""
     from clusterkit.planner import PlanRequest, choose, plan
 
     if node is not None:
         project.inventory.node(node)  # an unknown node is an error with the valid names
+    tiny = request.model == "tiny"
+    fixed = pins.fixed(request.num_heads) if tiny else None
     plan_request = PlanRequest(
         resolution=request.resolution, frames=request.frames, aspect_ratio=request.aspect_ratio,
-        num_videos=len(request.videos()), nodes=node or "all", gpus=1, sp=1, cfg_parallel=False,
-        steps=request.steps,
+        num_videos=num_videos or len(request.videos()), nodes=node or "all", objective=objective,
+        gpus=fixed.world_size if tiny else pins.gpus, sp=fixed.sp if tiny else pins.sp,
+        cfg_parallel=fixed.cfg_enabled if tiny else pins.cfg_parallel, steps=request.steps,
     )
     the_plan = plan(project.inventory, plan_request)
-    if request.model == "tiny":
+    if tiny:
         try:
-            name = node or choose(the_plan).name
-            why = "--node" if node else "the planner's best node for this video size"
+            best = choose(the_plan, node) if node else choose(the_plan)
+            name, why, seconds = best.name, "--node" if node else "the planner's best node for this video size", \
+                best.chosen.seconds
         except UserError:
-            name, why = project.inventory.nodes[0].name, "the first node: no node fits the full-size model"
-        return Choice(name, {"dtype": "fp32", "t5_device": "gpu", "t5_dtype": "fp32", "vae_micro_batch": 4,
-                             "flash_attn": False}, None,
+            name = node or project.inventory.nodes[0].name
+            why = "--node" if node else "the first node: no node fits the full-size model"
+            seconds = _leanest_seconds(the_plan, name)
+        _check_gpus(project, name, fixed)
+        return Choice(name, dict(TINY_SETTINGS), None,
                       ((f"--model tiny: the planner sizes opensora-v1.2 only, so tiny runs fp32 with default "
-                        f"settings on {name} ({why})"),))
+                        f"settings on {name} ({why}), layout {fixed.describe()}"),), fixed, seconds)
     try:
         chosen = choose(the_plan, node)
         s = chosen.chosen.settings
@@ -181,7 +234,32 @@ def choose_settings(project: Project, request: InferRequest, *, node: str | None
         settings["t5_device"], settings["t5_dtype"] = _T5_PLACEMENT[t5]
     elif t5 == "offload":  # encode on the GPU in the model's precision (fp32 without bf16), then move off
         settings["t5_device"], settings["t5_dtype"] = "gpu", "bf16" if settings["dtype"] == "bf16" else "fp32"
-    return Choice(chosen.name, {k: v for k, v in settings.items() if v is not None}, plan_dict, tuple(notes))
+    layout = _planned_layout(chosen, pins, request.num_heads)
+    return Choice(chosen.name, {k: v for k, v in settings.items() if v is not None}, plan_dict, tuple(notes),
+                  layout, chosen.chosen.seconds if chosen.chosen else None)
+
+
+def _planned_layout(node_plan, pins: LayoutPins, num_heads: int) -> ParallelLayout:
+    """The plan's layout of ``node_plan`` (with --force on an infeasible node: its leanest candidate's,
+    else the flags')."""
+    candidate = node_plan.chosen
+    if candidate is None:
+        return pins.fixed(num_heads)
+    layout = candidate.layout
+    return ParallelLayout(sp=layout.sp, cfg=2 if layout.cfg_parallel else 1, replicas=layout.replicas,
+                          sp_scheme=pins.sp_scheme, num_heads=num_heads)
+
+
+def _leanest_seconds(the_plan, name: str) -> float | None:
+    found = next((n for n in the_plan.nodes if n.name == name), None)
+    return found.chosen.seconds if found is not None and found.chosen is not None else None
+
+
+def _check_gpus(project: Project, node: str, layout: ParallelLayout) -> None:
+    count = project.inventory.node(node).gpu.count
+    if layout.world_size > count:
+        raise UserError(f"layout {layout.describe()} needs {layout.world_size} GPUs; {node} has {count}",
+                        hint=f"use --gpus {count} or fewer, or another --node")
 
 
 def wait_for_infer(

@@ -28,3 +28,7 @@ class CheckpointFormatError(UserError):
 
 class CheckpointMismatch(UserError):
     """A checkpoint's tensor names or shapes do not match the model; the message names the first bad key."""
+
+
+class LayoutError(UserError, ValueError):
+    """A parallel layout (replicas x cfg x sp) that cannot run; the message names the rule and the legal values."""

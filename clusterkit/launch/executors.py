@@ -45,12 +45,13 @@ class SlurmExecutor:
     def submit(self, spec: LaunchSpec, paths: RunPaths) -> list[str]:
         import submitit
 
-        from clusterkit.launch.node import NodeTask
+        from clusterkit.launch.node import NodeTask, RequeueableNodeTask
 
-        executor = submitit.SlurmExecutor(folder=paths.submitit, max_num_timeout=0)
+        executor = submitit.SlurmExecutor(folder=paths.submitit, max_num_timeout=spec.requeue)
         executor.update_parameters(**render_slurm_params(spec))
+        task = (RequeueableNodeTask if spec.requeue else NodeTask)(str(paths.root))
         try:
-            job = executor.submit(NodeTask(str(paths.root)))
+            job = executor.submit(task)
         except subprocess.CalledProcessError as exc:
             detail = (exc.stderr or exc.output or b"")
             detail = detail.decode(errors="replace") if isinstance(detail, bytes) else str(detail)

@@ -16,7 +16,6 @@ from clusterkit.errors import LaunchError
 from clusterkit.launch.envprofiles import Profile, ResolvedEnv, resolve_env
 from clusterkit.launch.spec import LaunchSpec
 
-SIGNAL_DELAY_S = 120  # seconds of warning before the time limit (USR2), time to checkpoint
 RANK_MAIN = "clusterkit.launch.rank_main"
 
 
@@ -82,6 +81,14 @@ class RunPaths:
     def node_result(self, node: str) -> Path:
         return self.results / f"node-{node}.json"
 
+    @property
+    def attempts(self) -> Path:
+        return self.root / "attempts"
+
+    def attempt(self, restart: int, node: str) -> Path:
+        """One node's record of one attempt of the job (a Slurm requeue starts the next one)."""
+        return self.attempts / f"{restart}-{node}.json"
+
 
 def render_slurm_params(spec: LaunchSpec) -> dict:
     """Keyword arguments for ``submitit.SlurmExecutor.update_parameters``.
@@ -95,7 +102,7 @@ def render_slurm_params(spec: LaunchSpec) -> dict:
         "nodes": spec.nnodes,
         "ntasks_per_node": 1,
         "nodelist": ",".join(spec.node_names),
-        "signal_delay_s": SIGNAL_DELAY_S,
+        "signal_delay_s": spec.signal_delay_s,
         "stderr_to_stdout": True,
     }
     gres_types = {n.gres_type for n in spec.nodes}

@@ -78,15 +78,43 @@ def refresh(project: Project, records: list[RunRecord]) -> list[RunRecord]:
 
 
 def summarise(paths: RunPaths, state: str) -> str:
-    """One line about how a finished run ended, from what its nodes wrote."""
+    """One line about how a run went, from what its nodes wrote: its attempts when Slurm requeued it,
+    and once it ended, the nodes that exited non-zero."""
+    restarts = {p.name.split("-", 1)[0] for p in paths.attempts.glob("*.json")} if paths.attempts.is_dir() else set()
+    requeues = max(0, len(restarts) - 1)
     if state in ("RUNNING", "PENDING", "SUBMITTING"):
-        return ""
-    failed = []
+        return f"attempt {requeues + 1} (requeued {requeues}x)" if requeues else ""
+    parts = [f"{requeues + 1} attempts ({requeues} requeue{'s' if requeues > 1 else ''})"] if requeues else []
     for path in sorted(paths.results.glob("node-*.json")) if paths.results.exists() else []:
         data = read_json(path) or {}
         if data.get("exit_code") not in (0, None):
-            failed.append(f"{data.get('node')} exit {data.get('exit_code')}")
-    return "; ".join(failed)
+            parts.append(f"{data.get('node')} exit {data.get('exit_code')}")
+    return "; ".join(parts)
+
+
+def attempts(record: RunRecord) -> list[dict]:
+    """The attempts of a run, oldest first: one per Slurm requeue (a run that was never requeued has
+    one). Each: attempt number, nodes, start, end (None while running or when the attempt was
+    requeued), exit codes per node, and how the requeue went."""
+    folder = RunPaths(record.run_dir).attempts
+    by_restart: dict[int, list[dict]] = {}
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        data = read_json(path) or {}
+        if "restart" in data:
+            by_restart.setdefault(int(data["restart"]), []).append(data)
+    out = []
+    for restart, nodes in sorted(by_restart.items()):
+        ends = [n.get("finished_at") for n in nodes]
+        out.append({
+            "attempt": restart,
+            "nodes": sorted(n.get("node") for n in nodes),
+            "started_at": min(n.get("started_at", 0.0) for n in nodes),
+            "finished_at": max(ends) if all(e is not None for e in ends) else None,
+            "exit_codes": {n.get("node"): n.get("exit_code") for n in nodes if "exit_code" in n},
+            "requeued": any("requeued_at" in n for n in nodes),
+            "requeue": next((n["requeue"] for n in nodes if "requeue" in n), None),
+        })
+    return out
 
 
 def status(project: Project, run_id: str | None = None, limit: int = 20) -> list[RunRecord]:

@@ -48,6 +48,10 @@ class LaunchSpec:
     port_range: tuple[int, int] = DEFAULT_PORT_RANGE
     rdzv_timeout_s: int = 300
     procs_per_node: int | None = None  # ranks per node; default one per GPU (probes use 1)
+    # Slurm: times the job is requeued after reaching its time limit; it checkpoints on SIGUSR2 first
+    # (submitit's max_num_timeout). 0: USR2 is not handled and the job is never requeued.
+    requeue: int = 0
+    signal_delay_s: int = 120  # seconds before the time limit Slurm sends SIGUSR2
 
     def __post_init__(self) -> None:
         if not _SAFE_NAME.match(self.run_id):
@@ -75,6 +79,13 @@ class LaunchSpec:
             raise UserError(f"entry {self.entry!r} is not a python module path")
         if self.time_limit_min < 1:
             raise UserError(f"time limit {self.time_limit_min} min must be at least 1")
+        if isinstance(self.requeue, bool) or not isinstance(self.requeue, int) or self.requeue < 0:
+            raise UserError(f"requeue {self.requeue!r} must be a non-negative integer")
+        if not isinstance(self.signal_delay_s, int) or not 1 <= self.signal_delay_s < self.time_limit_min * 60:
+            raise UserError(
+                f"signal delay {self.signal_delay_s!r}s must be at least 1 and shorter than the time limit "
+                f"({self.time_limit_min} min): Slurm would send the checkpoint signal as soon as the job starts",
+                hint=f"raise the time limit above {self.signal_delay_s // 60 + 1} min")
         validate_range(self.port_range)
         partitions = {n.partition for n in self.nodes}
         if self.executor == "slurm" and len(partitions) > 1:

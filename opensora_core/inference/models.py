@@ -27,7 +27,8 @@ class Models:
 
     stdit3: STDiT3
     vae: VideoVAE
-    text_encoder: T5TextEncoder
+    text_encoder: T5TextEncoder | None
+    """None on ranks that receive their caption embeddings from their group's first rank."""
 
 
 def load_models(
@@ -40,9 +41,11 @@ def load_models(
     t5_device: str | torch.device = "cpu",
     vae_micro_batch: int | None = 4,
     flash_attn: bool = False,
+    text_encoder: bool = True,
 ) -> Models:
     """Load ``preset``'s shapes from ``ckpt_dir``; transformer and VAE in ``dtype`` on ``device``,
-    the text encoder in ``t5_dtype`` on ``t5_device``; all in eval mode."""
+    the text encoder in ``t5_dtype`` on ``t5_device`` (not at all with ``text_encoder=False``);
+    all in eval mode."""
     paths = checkpoint_paths(ckpt_dir)
     stdit3_config = STDiT3Config(**{**preset.stdit3_config, "enable_flash_attn": flash_attn})
     stdit3 = STDiT3.from_pretrained(paths.dit, stdit3_config, dtype=dtype, device=device)
@@ -53,10 +56,12 @@ def load_models(
         micro_batch_size=vae_micro_batch,
     )
     vae = VideoVAE.from_pretrained(paths.vae3d, vae_config, dtype=dtype, device=device)
-    text_encoder = T5TextEncoder.from_pretrained(
-        paths.t5, dtype=t5_dtype, device=t5_device, max_length=stdit3_config.model_max_length
-    )
-    return Models(stdit3=stdit3, vae=vae, text_encoder=text_encoder)
+    encoder = None
+    if text_encoder:
+        encoder = T5TextEncoder.from_pretrained(
+            paths.t5, dtype=t5_dtype, device=t5_device, max_length=stdit3_config.model_max_length
+        )
+    return Models(stdit3=stdit3, vae=vae, text_encoder=encoder)
 
 
 def read_spatial_vae_config(vae2d: Path) -> dict:

@@ -21,6 +21,7 @@ from pathlib import Path
 from clusterkit.errors import InvalidChoice, UserError
 from opensora_core import geometry
 from opensora_core.dtypes import check_dtype_name
+from opensora_core.parallel.layout import DEFAULT_SP_SCHEME, ParallelLayout
 from opensora_core.presets import get_preset
 
 from .prompts import DEFAULT_AES, check_prompts
@@ -69,10 +70,25 @@ class InferRequest:
     aes: float | None = DEFAULT_AES
     """Aesthetic score appended to each prompt, as upstream (None: nothing appended)."""
     name: str = "sample"
-    """File-name prefix of the outputs (the CLI uses the run id)."""
+    """File-name prefix of the outputs (the CLI uses the run id; a sweep its sweep id)."""
     output_dir: str | None = None
     notes: tuple[str, ...] = field(default=())
     """Where the settings came from (plan, defaults), for the record."""
+    sp: int = 1
+    """Sequence-parallel degree of every replica group (must divide the model's attention heads)."""
+    cfg_parallel: bool = False
+    """Split the CFG pair over two ranks."""
+    sp_scheme: str = DEFAULT_SP_SCHEME
+    """Spatial attention under SP: "dsp" (frame-sharded) or "ulysses" (head-sharded)."""
+    items: tuple[tuple[int, int], ...] | None = None
+    """(prompt index, sample) of the videos this job makes; None: every video of every prompt.
+    A sweep gives each node's job its share of the prompts this way (file names keep the index)."""
+    node: str | None = None
+    """The inventory node the job runs on, for the index."""
+    sweep: str | None = None
+    """Sweep id: every finished video also gets a completion record in ``<output>/records/``."""
+    run_id: str | None = None
+    """The run this request belongs to (index file name and records); None: ``name``."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "prompts", check_prompts(self.prompts))
@@ -100,6 +116,16 @@ class InferRequest:
         mb = self.vae_micro_batch
         if mb is not None and (isinstance(mb, bool) or not isinstance(mb, int) or mb < 1):
             raise UserError(f"VAE micro-batch {mb!r} must be a positive integer")
+        if not isinstance(self.cfg_parallel, bool):
+            raise UserError(f"--cfg-parallel {self.cfg_parallel!r} must be true or false")
+        ParallelLayout(sp=self.sp, cfg=2 if self.cfg_parallel else 1, sp_scheme=self.sp_scheme,
+                       num_heads=self.num_heads)  # LayoutError naming the rule
+        for name in ("run_id", "sweep"):
+            value = getattr(self, name)
+            if value is not None and not _SAFE_NAME.match(value):
+                raise UserError(f"{name} {value!r} must match {_SAFE_NAME.pattern}")
+        if self.items is not None:
+            object.__setattr__(self, "items", _check_items(self.items, len(self.prompts), self.num_samples))
 
     @property
     def num_frames(self) -> int:
@@ -118,20 +144,34 @@ class InferRequest:
     def random_weights(self) -> bool:
         return get_preset(self.model).random_weights(self.ckpt_dir)
 
+    @property
+    def num_heads(self) -> int:
+        """Attention heads of the preset's transformer (what SP splits)."""
+        return get_preset(self.model).stdit3_config.get("num_heads", 16)
+
+    def layout(self, world_size: int) -> ParallelLayout:
+        """The layout of a job of ``world_size`` ranks: replicas of (cfg x sp) groups; ``LayoutError``
+        naming the rule when ``world_size`` does not split into whole groups."""
+        return ParallelLayout.for_world(world_size, sp=self.sp, cfg_parallel=self.cfg_parallel,
+                                        sp_scheme=self.sp_scheme, num_heads=self.num_heads)
+
     def videos(self) -> list[VideoItem]:
-        """Every video of the run in order: prompt by prompt, sample by sample."""
+        """The videos of the run in order: prompt by prompt, sample by sample (only ``items`` when set)."""
         ext = ".png" if self.num_frames == 1 else ".mp4"
+        wanted = None if self.items is None else set(self.items)
         return [
             VideoItem(index, sample, prompt, video_seed(self.seed, prompt, sample),
                       output_name(self.name, index, sample, self.num_samples, ext))
             for index, prompt in enumerate(self.prompts)
             for sample in range(self.num_samples)
+            if wanted is None or (index, sample) in wanted
         ]
 
     def to_dict(self) -> dict:
         data = asdict(self)
         data["prompts"] = list(self.prompts)
         data["notes"] = list(self.notes)
+        data["items"] = None if self.items is None else [list(item) for item in self.items]
         return data
 
     @classmethod
@@ -140,7 +180,9 @@ class InferRequest:
         unknown = sorted(set(data) - fields)
         if unknown:
             raise UserError(f"inference request: unknown keys {unknown}")
-        return cls(**{**data, "prompts": tuple(data.get("prompts", ())), "notes": tuple(data.get("notes", ()))})
+        items = data.get("items")
+        return cls(**{**data, "prompts": tuple(data.get("prompts", ())), "notes": tuple(data.get("notes", ())),
+                      "items": None if items is None else tuple(tuple(item) for item in items)})
 
     def settings(self) -> dict:
         """Everything but the prompts (what ``request.json`` holds; prompts go to ``prompts.json``)."""
@@ -165,6 +207,22 @@ class VideoItem:
     prompt: str
     seed: int
     filename: str
+
+
+def _check_items(items, prompts: int, samples: int) -> tuple[tuple[int, int], ...]:
+    out = []
+    for item in items:
+        if (not isinstance(item, (tuple, list)) or len(item) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) for v in item)):
+            raise UserError(f"video item {item!r} must be a (prompt index, sample) pair of integers")
+        index, sample = item
+        if not (0 <= index < prompts and 0 <= sample < samples):
+            raise UserError(f"video item {tuple(item)}: prompt index must be in [0, {prompts}) and sample in "
+                            f"[0, {samples})")
+        out.append((index, sample))
+    if len(set(out)) != len(out):
+        raise UserError("a video item is listed twice")
+    return tuple(out)
 
 
 def parse_geometry(frames: str, resolution: str, aspect_ratio: str) -> geometry.VideoGeometry:

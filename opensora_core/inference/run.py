@@ -3,13 +3,14 @@
     python -m opensora_core.inference.run --request R.json --prompts P.json --result result.json
 
 ``request.json`` holds the settings and ``prompts.json`` the prompts (files, never shell text);
-both are written into the run folder by ``clusterkit submit infer``. Rank 0 writes the videos,
-their JSON index (seed, prompt, pixel digest per file) and ``result.json`` (outputs, per-stage
-timings, peak memory); progress goes to the rank log, one line per step, and to
-``progress.json`` next to the result for the CLI's progress bar.
+both are written into the run folder by ``clusterkit submit infer``. Rank 0 writes the JSON
+index (seed, prompt, pixel digest per file) and ``result.json`` (outputs, per-stage timings,
+peak memory, the layout and the bytes it sent); progress goes to the rank log, one line per
+step, and to ``progress.json`` next to the result for the CLI's progress bar.
 
-World size 1 only for now: sequence parallelism comes with a later issue, and a larger world
-is refused with a clear error rather than run as N copies of the same work.
+With several ranks the request's ``sp`` / ``cfg_parallel`` and the world size make the
+``ParallelLayout`` (replicas x cfg x sp), checked before anything is loaded; the first rank of
+every replica group writes that group's videos (and, in a sweep, their completion records).
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from clusterkit.launch.records import atomic_write_json
 from opensora_core.dtypes import torch_dtype
 from opensora_core.inference.models import load_models, save_random_checkpoint
 from opensora_core.inference.pipeline import StageClock, generate
+from opensora_core.inference.records import RECORDS, RUN_INDEXES, write_record
 from opensora_core.inference.request import InferRequest
+from opensora_core.parallel.groups import ParallelContext, build_context
 from opensora_core.presets import get_preset
 
 PROGRESS_EVERY_S = 0.5
@@ -41,12 +44,16 @@ def index_path(output_dir: Path, name: str) -> Path:
 
 
 class Reporter:
-    """Turns pipeline events into rank-log lines and a throttled ``progress.json``; keeps the index current."""
+    """Turns pipeline events into rank-log lines; on rank 0 also a throttled ``progress.json`` and the
+    index kept current; on every rank that writes videos of a sweep, their completion records."""
 
-    def __init__(self, progress_path: Path, index_file: Path, header: dict) -> None:
+    def __init__(self, progress_path: Path, index_file: Path, header: dict, *, files: bool = True,
+                 records_dir: Path | None = None) -> None:
         self.progress_path = progress_path
         self.index_file = index_file
         self.header = header
+        self.files = files
+        self.records_dir = records_dir
         self.entries: list[dict] = []
         self._written = 0.0
 
@@ -57,21 +64,29 @@ class Reporter:
                   f"{event['step_s']:.3f}s", flush=True)
         elif stage == "write":
             self.entries.append(event["entry"])
-            atomic_write_json(self.index_file, {**self.header, "videos": self.entries})
+            if self.records_dir is not None:
+                write_record(self.records_dir, {**event["entry"], "sweep": self.header.get("sweep")})
+            if self.files:
+                atomic_write_json(self.index_file, {**self.header, "videos": self.entries})
             print(f"[infer] wrote {event['entry']['path']} (seed {event['entry']['seed']})", flush=True)
         elif stage == "text_encoding":
             print(f"[infer] encoded prompt {event['done']}/{event['total']}", flush=True)
         else:
             print(f"[infer] decoding video {event['video']}/{event['videos']}", flush=True)
         last_step = stage == "denoising" and event["step"] == event["steps"]
+        if not self.files:
+            return
         if stage != "denoising" or last_step or time.monotonic() - self._written >= PROGRESS_EVERY_S:
             atomic_write_json(self.progress_path, {**event, "time": time.time()})
             self._written = time.monotonic()
 
 
-def run(request: InferRequest, result_path: Path, device: torch.device) -> dict:
-    """Load the models, make every video, write the index; returns the result record."""
-    started = time.perf_counter()
+def run(request: InferRequest, result_path: Path, device: torch.device, parallel: ParallelContext | None = None,
+        *, ckpt_dir: str | Path, clock: StageClock, started: float) -> dict | None:
+    """Load the models from ``ckpt_dir``, make this rank's share of the videos; on rank 0 write the
+    index and return the result record (other ranks: None). ``clock`` has begun the "load" stage."""
+    rank = parallel.rank if parallel is not None else 0
+    leader = parallel is None or parallel.leader
     preset = get_preset(request.model)
     output_dir = Path(request.output_dir) if request.output_dir else result_path.parent / "outputs"
     dtype_name = request.model_dtype
@@ -80,21 +95,18 @@ def run(request: InferRequest, result_path: Path, device: torch.device) -> dict:
     t5_device = device if request.t5_device == "gpu" else torch.device("cpu")
     random_weights = request.random_weights
     weights = f"random, seed {preset.weights_seed}" if random_weights else str(request.ckpt_dir)
-    if random_weights:
+    if random_weights and rank == 0:
         print(f"[infer] WARNING: --model {preset.name} uses RANDOM weights (seed {preset.weights_seed}): the videos "
               "are noise, not generated content", flush=True)
     print(f"[infer] model {preset.name} ({weights}) on {device}, {dtype_name}; T5 on {t5_device}, "
           f"{request.t5_dtype}; {len(request.prompts)} prompt(s) x {request.num_samples}", flush=True)
 
-    clock = StageClock(device)
-    clock.begin("load")
-    with tempfile.TemporaryDirectory(prefix="clusterkit-tiny-") as tmp:
-        ckpt_dir = request.ckpt_dir or save_random_checkpoint(tmp, preset)
-        models = load_models(
-            preset, ckpt_dir, dtype=torch_dtype(dtype_name), device=device,
-            t5_dtype=torch_dtype(request.t5_dtype), t5_device=t5_device,
-            vae_micro_batch=request.vae_micro_batch, flash_attn=request.flash_attn and device.type == "cuda",
-        )
+    models = load_models(
+        preset, ckpt_dir, dtype=torch_dtype(dtype_name), device=device,
+        t5_dtype=torch_dtype(request.t5_dtype), t5_device=t5_device,
+        vae_micro_batch=request.vae_micro_batch, flash_attn=request.flash_attn and device.type == "cuda",
+        text_encoder=leader,  # the group's first rank encodes and broadcasts the captions
+    )
     clock.end()
 
     geometry = request.geometry
@@ -103,9 +115,28 @@ def run(request: InferRequest, result_path: Path, device: torch.device) -> dict:
         "seed": request.seed, "seed_rule": "sha256(f'{seed}\\0{sample}\\0{prompt}')[:8] little-endian, 63 bits",
         "steps": request.steps, "cfg_scale": request.cfg_scale, "fps": request.fps,
         "frames": geometry.num_frames, "height": geometry.height, "width": geometry.width,
+        "layout": (parallel.layout if parallel is not None else request.layout(1)).to_dict(),
+        "node": request.node, "sweep": request.sweep,
     }
-    reporter = Reporter(result_path.with_name("progress.json"), index_path(output_dir, request.name), header)
-    entries = generate(request, models, output_dir, device=device, on_event=reporter, clock=clock)
+    run_id = request.run_id or request.name
+    records_dir = output_dir / RECORDS if request.sweep else None
+    # a sweep's folder is shared by the jobs of several nodes: each job's own index goes in runs/
+    index_file = index_path(output_dir / RUN_INDEXES if request.sweep else output_dir, run_id)
+    index_file.parent.mkdir(parents=True, exist_ok=True)
+    reporter = Reporter(result_path.with_name("progress.json"), index_file, header, files=rank == 0,
+                        records_dir=records_dir if leader else None)
+    entries = generate(request, models, output_dir, device=device, on_event=reporter, clock=clock, parallel=parallel)
+    counted = parallel.counter.snapshot() if parallel is not None else {"bytes": {}, "calls": {}}
+    if parallel is not None and parallel.world.size > 1:
+        gathered = parallel.world.gather_object(entries)
+        if gathered is None:
+            return None
+        entries = sorted((e for part in gathered for e in part), key=lambda e: (e["prompt_index"], e["sample"]))
+        atomic_write_json(index_file, {**header, "videos": entries})
+    if request.sweep:
+        from opensora_core.inference.records import write_sweep_index
+
+        write_sweep_index(output_dir)
     timings = clock.timings()
     timings["total_s"] = round(time.perf_counter() - started, 6)
     return {
@@ -122,6 +153,7 @@ def run(request: InferRequest, result_path: Path, device: torch.device) -> dict:
         "outputs": [e["path"] for e in entries],
         "index": str(reporter.index_file),
         "videos": entries,
+        "communication": counted,
         "timings": timings,
         "peak_memory": clock.peak_memory(),
         "torch": torch.__version__,
@@ -135,21 +167,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts", type=Path, required=True, help="JSON list of prompts")
     parser.add_argument("--result", type=Path, required=True, help="where rank 0 writes the result JSON")
     ns = parser.parse_args(argv)
+    started = time.perf_counter()
     rank = int(os.environ.get("RANK", "0"))
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     try:
-        if world > 1:
-            raise UserError(
-                f"inference runs on one GPU for now (this job has {world} ranks); sequence parallelism comes later",
-                hint="submit with --gpus 1",
-            )
         request = InferRequest.load(ns.request, ns.prompts)
+        layout = request.layout(world)  # LayoutError naming the rule, on every rank, before anything loads
         device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        with torch.inference_mode():
-            result = run(request, ns.result, device)
+        clock = StageClock(device)
+        clock.begin("load")
+        with tempfile.TemporaryDirectory(prefix="clusterkit-tiny-") as tmp:
+            # Random weights are written before joining the process group: transformers writes a
+            # model's files only on rank 0 of an initialised group, and every rank reads its own copy.
+            ckpt_dir = request.ckpt_dir or save_random_checkpoint(tmp, get_preset(request.model))
+            parallel = None
+            if world > 1:
+                parallel = _init_parallel(layout, rank, device)
+                print(f"[infer] rank {rank}: {layout.describe()}; replica {parallel.replica}"
+                      f"{' (writes its videos)' if parallel.leader else ''}", flush=True)
+            with torch.inference_mode():
+                result = run(request, ns.result, device, parallel, ckpt_dir=ckpt_dir, clock=clock, started=started)
+        if parallel is not None:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
     except ClusterkitError as exc:
         print(f"[infer] error: {exc.message}" + (f"\n[infer] hint: {exc.hint}" if exc.hint else ""), flush=True)
         if rank == 0:
@@ -166,6 +210,17 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_json(ns.result, result)
         print(f"[infer] done: {len(result['outputs'])} file(s) in {result['output_dir']}", flush=True)
     return 0
+
+
+def _init_parallel(layout, rank: int, device: torch.device) -> ParallelContext:
+    """Join the job's process group (NCCL on GPUs, gloo on CPUs) and build the layout's groups."""
+    import torch.distributed as dist
+
+    if device.type == "cuda":
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        dist.init_process_group("gloo")
+    return build_context(layout, rank, device)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,11 @@ class TextContext:
     tokens: torch.Tensor
     lengths: tuple[int, ...]
 
+    def select(self, rows: slice) -> TextContext:
+        """The captions of samples ``rows`` only."""
+        parts = self.tokens.split(list(self.lengths))[rows]
+        return TextContext(torch.cat(parts), self.lengths[rows])
+
 
 class RMSNorm(nn.Module):
     """RMS norm over the last dim, computed in fp32 (eps 1e-6), with a learnable per-channel weight."""
@@ -54,17 +59,24 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, rotate: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         batch, seq, dim = x.shape
-        qkv = self.qkv(x).view(batch, seq, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each [batch, heads, seq, head_dim]
+        out = self.attend(self.qkv(x).view(batch, seq, 3, self.num_heads, self.head_dim), rotate)
+        return self.proj(out.reshape(batch, seq, dim))
+
+    def attend(
+        self, qkv: torch.Tensor, rotate: Callable[[torch.Tensor], torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """Attention of projected ``qkv`` [batch, seq, 3, heads, head_dim] -> [batch, seq, heads, head_dim].
+
+        Any number of heads: sequence parallelism (Ulysses) calls it with this rank's share of them.
+        """
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [batch, heads, seq, head_dim]
         q, k = self.q_norm(q), self.k_norm(k)
         if rotate is not None:
             q, k = rotate(q), rotate(k)
         flash = _flash_attn_func() if self.enable_flash_attn and _flash_usable(q) else None
         if flash is not None:
-            out = flash(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # [batch, seq, heads, head_dim]
-        else:
-            out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
-        return self.proj(out.reshape(batch, seq, dim))
+            return flash(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # [batch, seq, heads, head_dim]
+        return F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
 
 
 class CrossAttention(nn.Module):

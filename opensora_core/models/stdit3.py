@@ -110,7 +110,12 @@ class STDiT3Block(nn.Module):
         self.cross_attn = CrossAttention(hidden, config.num_heads)
         self.mlp = Mlp(hidden, int(hidden * config.mlp_ratio), hidden)
 
-    def forward(self, x, text: TextContext, t_mlp, t0_mlp, x_mask, num_frames: int, rotate=None) -> torch.Tensor:
+    def forward(
+        self, x, text: TextContext, t_mlp, t0_mlp, x_mask, num_frames: int, rotate=None, spatial_attention=None
+    ) -> torch.Tensor:
+        """``x`` [B, T*S, C], frame-major. ``spatial_attention(attn, h)``, when given, replaces the
+        per-frame self-attention of a spatial block (sequence parallelism: ``x`` then holds this
+        rank's share of every frame's tokens)."""
         batch, tokens, dim = x.shape
         frames, per_frame = num_frames, tokens // num_frames
         t_rows = t_mlp.view(batch, 6, dim)
@@ -122,6 +127,8 @@ class STDiT3Block(nn.Module):
             h = h.view(batch, frames, per_frame, dim).transpose(1, 2).reshape(batch * per_frame, frames, dim)
             h = self.attn(h, rotate)
             h = h.view(batch, per_frame, frames, dim).transpose(1, 2).reshape(batch, tokens, dim)
+        elif spatial_attention is not None:
+            h = spatial_attention(self.attn, h)
         else:
             h = self.attn(h.view(batch * frames, per_frame, dim)).view(batch, tokens, dim)
         x = x + self._drop_path(mod.gate(h, self.GATE_MSA))
@@ -206,13 +213,15 @@ class STDiT3(nn.Module):
         """The learned unconditional caption [batch_size, 1, model_max_length, caption_channels] for CFG."""
         return self.y_embedder.y_embedding[None, None].repeat(batch_size, 1, 1, 1)
 
-    def cfg_model_fn(self, y: torch.Tensor, mask: torch.Tensor | None, *, fps, height, width):
+    def cfg_model_fn(self, y: torch.Tensor, mask: torch.Tensor | None, *, fps, height, width,
+                     sequence_parallel=None):
         """The ``model_fn`` ``rectified_flow.sample`` expects: the doubled batch [z; z] is paired with
         captions [y; learned null caption]; ``mask`` (the prompts' mask) is reused for the null half."""
         captions = torch.cat([y, self.null_caption(y.shape[0]).to(y)])
 
         def model_fn(z: torch.Tensor, t: torch.Tensor, x_mask: torch.Tensor | None) -> torch.Tensor:
-            return self(z, t, captions, mask=mask, x_mask=x_mask, fps=fps, height=height, width=width)
+            return self(z, t, captions, mask=mask, x_mask=x_mask, fps=fps, height=height, width=width,
+                        sequence_parallel=sequence_parallel)
 
         return model_fn
 
@@ -228,6 +237,8 @@ class STDiT3(nn.Module):
         width: torch.Tensor | float | None = None,
         ar: Any = None,
         num_frames: Any = None,
+        sequence_parallel: Any = None,
+        batch_rows: slice | None = None,
     ) -> torch.Tensor:
         """Predict [B, out_channels, T, H, W] (fp32) for latents ``x`` [B, in_channels, T, H, W].
 
@@ -237,6 +248,15 @@ class STDiT3(nn.Module):
         modulation). fps, height, width: per sample (tensors with B' rows, or numbers); height and
         width are *pixel* sizes and only sample 0's set the position-embedding scale, as upstream.
         ``ar`` and ``num_frames`` are accepted for call-site compatibility and ignored.
+
+        ``sequence_parallel`` (an ``opensora_core.parallel.sequence.SequenceParallel``) shards the
+        tokens of every frame over its ranks after the position embedding and gathers the final
+        layer's output; every rank passes the same inputs and gets the whole prediction.
+        ``batch_rows`` runs the blocks on those samples only and returns their prediction; the embeddings
+        are still computed for the whole batch, so a sample's result does not depend on it (CFG
+        parallelism: each rank of a pair takes one half of the [cond; null] batch and gets exactly
+        the one-process prediction of that half, bit for bit, as batched small matmuls and the
+        patch convolution round differently for other batch sizes).
         """
         if fps is None or height is None or width is None:
             raise ModelInputError("STDiT3.forward needs fps, height and width (pixel sizes) for conditioning")
@@ -260,12 +280,21 @@ class STDiT3(nn.Module):
             t0_mlp = self.t_block(t0)
         text = self.encode_text(y, mask, batch)
 
-        h = self.x_embedder(x)
-        h = (h.view(batch, frames, per_frame, -1) + pos).view(batch, frames * per_frame, -1)
+        h = self.x_embedder(x).view(batch, frames, per_frame, -1) + pos
+        if batch_rows is not None:
+            h, t, t_mlp, text = h[batch_rows], t[batch_rows], t_mlp[batch_rows], text.select(batch_rows)
+            if x_mask is not None:
+                x_mask, t0, t0_mlp = x_mask[batch_rows], t0[batch_rows], t0_mlp[batch_rows]
+            batch = h.shape[0]
+        sp = sequence_parallel
+        h = h.view(batch, frames * per_frame, -1) if sp is None else sp.shard(h)
+        spatial_attention = None if sp is None else sp.spatial_attention
         for spatial, temporal in zip(self.spatial_blocks, self.temporal_blocks):
-            h = self._run_block(spatial, h, text, t_mlp, t0_mlp, x_mask, frames, None)
+            h = self._run_block(spatial, h, text, t_mlp, t0_mlp, x_mask, frames, None, spatial_attention)
             h = self._run_block(temporal, h, text, t_mlp, t0_mlp, x_mask, frames, self.rope.rotate)
         h = self.final_layer(h, t, t0, x_mask, frames)
+        if sp is not None:
+            h = sp.gather(h)
         return self._unpatchify(h, (frames, rows, cols), x.shape[2:]).float()
 
     def encode_text(self, y: torch.Tensor, mask, batch: int) -> TextContext:
@@ -292,10 +321,11 @@ class STDiT3(nn.Module):
         keep = (mask != 0).repeat(batch // mask.shape[0], 1).to(tokens.device)
         return _text_context(tokens[keep], tuple(keep.sum(1).tolist()), batch)
 
-    def _run_block(self, block, h, text, t_mlp, t0_mlp, x_mask, frames, rotate):
+    def _run_block(self, block, h, text, t_mlp, t0_mlp, x_mask, frames, rotate, spatial_attention=None):
         if self.gradient_checkpointing and self.training:
-            return checkpoint(block, h, text, t_mlp, t0_mlp, x_mask, frames, rotate, use_reentrant=False)
-        return block(h, text, t_mlp, t0_mlp, x_mask, frames, rotate)
+            return checkpoint(block, h, text, t_mlp, t0_mlp, x_mask, frames, rotate, spatial_attention,
+                              use_reentrant=False)
+        return block(h, text, t_mlp, t0_mlp, x_mask, frames, rotate, spatial_attention)
 
     def _unpatchify(self, h: torch.Tensor, grid, size) -> torch.Tensor:
         batch = h.shape[0]

@@ -46,7 +46,7 @@ class STDiT3Config:
     enable_layernorm_kernel: bool = False
     """Accepted for config compatibility; torch's own layer_norm kernel is always used (no apex)."""
     enable_sequence_parallelism: bool = False
-    """Must be False: this implementation is single-process."""
+    """Must be False: sequence parallelism is chosen per run (``opensora_core.parallel``), not stored in the model."""
     only_train_temporal: bool = False
     """Training only: freeze everything except the temporal blocks."""
     freeze_y_embedder: bool = False
@@ -86,8 +86,9 @@ class STDiT3Config:
                 raise ConfigError(f"STDiT3Config.{name}={value!r}: must be a number in [0, 1)")
         if self.enable_sequence_parallelism:
             raise ConfigError(
-                "STDiT3Config.enable_sequence_parallelism=True: not supported; opensora_core.STDiT3 runs "
-                "in one process (shard the batch or run one sample per GPU instead)"
+                "STDiT3Config.enable_sequence_parallelism=True: not supported; sequence parallelism is a "
+                "property of the run, not of the model (ParallelLayout in opensora_core.parallel, --sp of "
+                "clusterkit submit infer)"
             )
 
     @property

@@ -133,13 +133,27 @@ class SpatialVAE(nn.Module):
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """[B, 4, T, h, w] (scaled) -> [B, 3, T, 8h, 8w]."""
-        return self._per_frame(z, lambda frames: self.module.decode(frames / self.scaling_factor).sample)
+        return self._per_frame(z, self.decode_frames)
+
+    def decode_frames(self, frames: torch.Tensor) -> torch.Tensor:
+        """One micro-batch of frames [n, 4, h, w] (scaled) -> [n, 3, 8h, 8w]."""
+        return self.module.decode(frames / self.scaling_factor).sample
+
+    @staticmethod
+    def flatten_frames(x: torch.Tensor) -> torch.Tensor:
+        """[B, C, T, h, w] -> [B*T, C, h, w], video by video, frame by frame."""
+        batch, channels, frames = x.shape[:3]
+        return x.transpose(1, 2).reshape(batch * frames, channels, *x.shape[3:])
+
+    def micro_batches(self, count: int) -> list[slice]:
+        """The micro-batches (slices of the flattened frames) one call each: ``micro_batch_size`` frames."""
+        size = self.micro_batch_size or count
+        return [slice(i, min(i + size, count)) for i in range(0, count, size)]
 
     def _per_frame(self, x: torch.Tensor, fn) -> torch.Tensor:
-        batch, channels, frames = x.shape[:3]
-        flat = x.transpose(1, 2).reshape(batch * frames, channels, *x.shape[3:])
-        size = self.micro_batch_size or flat.shape[0]
-        out = torch.cat([fn(flat[i : i + size]) for i in range(0, flat.shape[0], size)])
+        batch, frames = x.shape[0], x.shape[2]
+        flat = self.flatten_frames(x)
+        out = torch.cat([fn(flat[rows]) for rows in self.micro_batches(flat.shape[0])])
         return out.view(batch, frames, *out.shape[1:]).transpose(1, 2)
 
 
@@ -203,14 +217,28 @@ class VideoVAE(nn.Module):
                 f"num_frames={num_frames} needs a latent of {self.latent_frames(num_frames)} frames, "
                 f"got shape {list(z.shape)}"
             )
-        z = z * self.scale.to(z.dtype) + self.shift.to(z.dtype)
+        return self.spatial_vae.decode(torch.cat(self.decode_temporal(z, num_frames), dim=2))
+
+    def temporal_chunks(self, num_frames: int) -> list[tuple[int, int, int]]:
+        """(first latent frame, latent frames, pixel frames) of every chunk the temporal VAE decodes
+        on its own: 5 latent frames -> 17 pixel frames by default, the last chunk shorter."""
         micro = self.config.micro_frame_size or num_frames
         step = self.temporal_vae.latent_frames(micro)
+        latent = self.latent_frames(num_frames)
         chunks, remaining = [], num_frames
-        for start in range(0, z.shape[2], step):
-            chunks.append(self.temporal_vae.decode(z[:, :, start : start + step], min(micro, remaining)))
+        for start in range(0, latent, step):
+            chunks.append((start, min(step, latent - start), min(micro, remaining)))
             remaining -= micro
-        return self.spatial_vae.decode(torch.cat(chunks, dim=2))
+        return chunks
+
+    def decode_temporal(self, z: torch.Tensor, num_frames: int, chunks: list[int] | None = None) -> list[torch.Tensor]:
+        """The temporal stage of ``decode``: normalised latent -> per-frame spatial latents, one tensor
+        [B, 4, frames, h, w] per temporal chunk (only the chunks indexed by ``chunks`` when given)."""
+        z = z * self.scale.to(z.dtype) + self.shift.to(z.dtype)
+        plan = self.temporal_chunks(num_frames)
+        wanted = range(len(plan)) if chunks is None else chunks
+        return [self.temporal_vae.decode(z[:, :, start : start + n], pixels)
+                for start, n, pixels in (plan[i] for i in wanted)]
 
     @classmethod
     def from_pretrained(

@@ -87,7 +87,7 @@ class CheckpointManager:
         barrier()
         plugin.save(tmp / files.DCP_DIR)
         keep = self.rank == 0
-        whole = ema.full_state(plugin.full_model_state(keep), keep)
+        whole = ema.full_state(plugin, keep)
         torch.save(rng, tmp / files.rng_file(self.rank))
         if self.rank == 0:
             from safetensors.torch import save_file

@@ -164,6 +164,8 @@ class TrainConfig:
     """Compute precision: ``bf16`` autocast over fp32 master weights, or ``fp32``."""
     grad_checkpoint: bool = True
     """Recompute every block's activations in the backward pass."""
+    freeze_y_embedder: bool = False
+    """Do not train the caption projection (upstream's stages 1-3 freeze it)."""
     lr: float = 1e-4
     weight_decay: float = 0.0
     adam_eps: float = 1e-15
@@ -227,7 +229,7 @@ class TrainConfig:
         _number("ema_decay", self.ema_decay, low=0.0)
         if self.ema_decay >= 1.0:
             raise ConfigError(f"ema_decay={self.ema_decay!r}: must be in [0, 1)")
-        for name in ("grad_checkpoint",):
+        for name in ("grad_checkpoint", "freeze_y_embedder"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}={getattr(self, name)!r}: must be true or false")
         object.__setattr__(self, "mask_ratios", check_mask_ratios(self.mask_ratios))

@@ -22,11 +22,11 @@ class EMA:
         for name, master in sources:
             local(self.shadow[name]).mul_(decay).add_(local(master).float(), alpha=1 - decay)
 
-    def full_state(self, model_state: dict[str, torch.Tensor], keep: bool) -> dict[str, torch.Tensor]:
+    def full_state(self, plugin, keep: bool) -> dict[str, torch.Tensor]:
         """The whole EMA in the model's state-dict layout (collective under ``zero2``): EMA tensors
         where there is one, the model's own tensors (frozen parameters, buffers) elsewhere. Only a
         rank with ``keep`` gets it (the others get an empty dict)."""
-        out = dict(model_state)
+        out = plugin.full_model_state(keep, skip=frozenset(self.shadow))
         for name in sorted(self.shadow):  # the same order on every rank: full() is a collective
             whole = full(self.shadow[name]).detach()
             if keep:

@@ -89,11 +89,13 @@ class TorchPlugin:
         """(name, fp32 master weight) of every trainable parameter, as this rank holds it."""
         return [(name, p.detach()) for name, p in trainable(self.module)]
 
-    def full_model_state(self, keep: bool) -> dict[str, torch.Tensor]:
-        """Every tensor of the STDiT3 state dict, whole, on the CPU (collective: all ranks call it;
-        only a rank with ``keep`` holds the result, the others get an empty dict)."""
+    def full_model_state(self, keep: bool, skip: frozenset = frozenset()) -> dict[str, torch.Tensor]:
+        """The tensors of the STDiT3 state dict not in ``skip``, whole, on the CPU (collective: all
+        ranks call it; only a rank with ``keep`` holds the result, the others get an empty dict)."""
         out = {}
         for name, tensor in self.module.state_dict().items():
+            if name in skip:
+                continue
             whole = full(tensor).detach()
             if keep:
                 out[name] = whole.cpu()
@@ -176,8 +178,9 @@ class ColossalAIPlugin:
             out.append((name, (master if master is not None and master.shape == p.shape else p).detach()))
         return out
 
-    def full_model_state(self, keep: bool) -> dict[str, torch.Tensor]:
-        return {name: t.detach().float().cpu() for name, t in self.module.state_dict().items()} if keep else {}
+    def full_model_state(self, keep: bool, skip: frozenset = frozenset()) -> dict[str, torch.Tensor]:
+        state = self.module.state_dict()
+        return {name: t.detach().float().cpu() for name, t in state.items() if name not in skip} if keep else {}
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)

@@ -68,9 +68,13 @@ def main(argv: list[str] | None = None) -> int:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         config = TrainConfig.from_dict(json.loads(ns.config.read_text()))
-        if world > 1 or "MASTER_ADDR" in os.environ:
-            dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                    timeout=datetime.timedelta(minutes=30))
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        timeout = datetime.timedelta(minutes=30)
+        if "MASTER_ADDR" in os.environ:  # torchrun
+            dist.init_process_group(backend, timeout=timeout)
+        else:  # one process started by hand: a group of one (the plugins need one)
+            store = ns.config.parent.resolve() / f".dist-store-{os.getpid()}"
+            dist.init_process_group(backend, init_method=f"file://{store}", rank=0, world_size=1, timeout=timeout)
         ctx = RankContext(rank=rank, world_size=world, local_rank=local_rank, device=device,
                           run_dir=ns.config.parent.resolve(), attempt=int(os.environ.get("CLUSTERKIT_RESTART", "0")),
                           job_id=os.environ.get("CLUSTERKIT_JOB_ID", ""))

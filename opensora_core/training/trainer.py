@@ -5,8 +5,8 @@ T5-encode the captions under ``no_grad``; draw frame masks, logit-normal times s
 batch's resolution and length, and noise; predict the velocity under bf16 autocast; the loss is the
 MSE to (x0 - noise) over the noised frames, averaged over the valid samples; clip, step AdamW
 (eps 1e-15), step the warm-up schedule, update the fp32 EMA. Every ``ckpt_every`` steps, at the
-end, and when SIGUSR2 (Slurm's warning before the time limit, or a preemption) reached any rank,
-all ranks save a checkpoint; after the signal they stop and the job is requeued.
+end, and when SIGUSR2 (Slurm's warning before the time limit, or a preemption) or SIGTERM reached
+any rank, all ranks save a checkpoint; after a signal they stop (and Slurm requeues the job).
 
 Everything random comes from state that is saved with the checkpoint (the training generators,
 torch/numpy/python RNGs per rank, the sampler position), and per-sample randomness from
@@ -16,6 +16,7 @@ torch/numpy/python RNGs per rank, the sampler position), and per-sample randomne
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import resource
 import signal
@@ -30,6 +31,7 @@ import torch.distributed as dist
 
 from clusterkit.errors import UserError
 from clusterkit.launch.records import atomic_write_json, atomic_write_text, read_json
+from clusterkit.train_metrics import METRICS
 
 from ..models.stdit3 import STDiT3, STDiT3Config
 from ..models.text_encoder import T5TextEncoder
@@ -46,7 +48,6 @@ from .masks import MaskGenerator
 from .parallel import build_plugin
 from .samples import default_probe_cache, load_samples
 
-METRICS = "metrics.jsonl"
 PROGRESS = "progress.json"
 ATTEMPTS = "train_attempts.json"
 PROGRESS_EVERY_S = 0.5
@@ -103,25 +104,31 @@ class Trainer:
 
     # ------------------------------------------------------------------ signals
     def install_signal_handler(self) -> None:
-        """SIGUSR2 (Slurm's --signal=USR2@S before the time limit, or a preemption): save and stop
-        at the next step boundary. The flag is agreed on by all ranks with the step's all-reduce."""
+        """SIGUSR2 (Slurm's ``--signal=USR2@S`` before the time limit, or a preemption) and SIGTERM
+        (scancel, a preemption, ``clusterkit cancel``): save a checkpoint at the end of the current
+        step, then stop. All ranks agree on it through the step's all-reduce, so they save the same
+        step even when the signal reaches them at different moments."""
 
         def handler(signum, _frame):
             if not self.stop_requested:
                 log(f"caught {signal.Signals(signum).name}: saving a checkpoint at the end of this step, then stopping")
             self.stop_requested = True
 
-        signal.signal(signal.SIGUSR2, handler)
+        for sig in (signal.SIGUSR2, signal.SIGTERM):
+            signal.signal(sig, handler)
 
     # ------------------------------------------------------------------ building
     def build(self) -> None:
         cfg, ctx = self.config, self.ctx
+        self.progress("reading the data")
+        self._build_data()  # first: bad data is reported before minutes of model loading
+        self._check_epoch_plan()
         self.progress("loading models")
         preset = get_preset(cfg.model)
         self.preset = preset
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         self.vae, self.text_encoder = self._build_frozen(preset)
-        stdit3_config = STDiT3Config(**preset.stdit3_config)
+        stdit3_config = STDiT3Config(**{**preset.stdit3_config, "freeze_y_embedder": cfg.freeze_y_embedder})
         self.model_config = stdit3_config.to_dict()
         model = self._build_stdit3(stdit3_config)
         model.gradient_checkpointing = cfg.grad_checkpoint
@@ -136,8 +143,6 @@ class Trainer:
         self.generator = torch.Generator(device=ctx.device)
         self.mask_generator = torch.Generator()
         self._seed_rngs(step=0)
-        self.progress("reading the data")
-        self._build_data()
         self.checkpoints = CheckpointManager(self.checkpoint_root, rank=ctx.rank, world_size=ctx.world_size,
                                              keep_last=cfg.keep_last, attempt=str(ctx.attempt), fault=self.fault)
 
@@ -243,6 +248,7 @@ class Trainer:
         self._load(info)
 
     def _load(self, info: files.CheckpointInfo) -> None:
+        started = time.perf_counter()
         ctx, state = self.ctx, info.state
         log(f"resuming from {info.path} (step {info.step}, epoch {state['epoch']}, "
             f"written by {state['world_size']} ranks with {state.get('plugin')})")
@@ -270,7 +276,9 @@ class Trainer:
                 f"{info.path} was written by {info.world_size} ranks and this run has {ctx.world_size}; the sampler "
                 "position and the per-rank RNG streams cannot carry over",
                 hint="resume on the same number of nodes x GPUs, or pass --allow-dp-change")
-        self.resumed = {"checkpoint": str(info.path), "step": info.step}
+        load_s = time.perf_counter() - started
+        log(f"loaded step {info.step} in {load_s:.2f}s")
+        self.resumed = {"checkpoint": str(info.path), "step": info.step, "load_s": round(load_s, 3)}
         self._start_metrics(info)
 
     # ------------------------------------------------------------------ metrics and progress
@@ -297,7 +305,8 @@ class Trainer:
             attempts.append({"attempt": self.ctx.attempt, "job_id": self.ctx.job_id, "started_at": time.time(),
                              "world_size": self.ctx.world_size, "plugin": self.config.plugin,
                              "resumed_from": str(resumed_from.path) if resumed_from else None,
-                             "start_step": resumed_from.step if resumed_from else 0})
+                             "start_step": resumed_from.step if resumed_from else 0,
+                             "load_s": self.resumed["load_s"] if self.resumed else None})
         elif attempts:
             attempts[-1].update(end)
         atomic_write_json(self.ctx.run_dir / ATTEMPTS, attempts)
@@ -360,15 +369,19 @@ class Trainer:
     def train(self) -> dict:
         cfg, ctx = self.config, self.ctx
         started = time.time()
-        steps_per_epoch = self._check_epoch_plan()
-        max_steps = cfg.max_steps or cfg.epochs * steps_per_epoch
+        steps_per_epoch = self._check_epoch_plan().steps
+        # without max_steps the run ends after `epochs`; epochs differ in length (each one draws its
+        # buckets anew), so the product is only the progress bar's estimate
+        max_steps = cfg.max_steps or math.inf
+        shown_total = cfg.max_steps or cfg.epochs * steps_per_epoch
         stopped = "max_steps" if self.state.step >= max_steps else None
         log(f"{cfg.name}: {cfg.model} with {cfg.plugin} on {ctx.world_size} rank(s) ({ctx.device}, {cfg.dtype}); "
-            f"{steps_per_epoch} steps per epoch; step {self.state.step} -> {max_steps}")
+            f"{steps_per_epoch} steps per epoch; step {self.state.step} -> "
+            f"{cfg.max_steps or f'{cfg.epochs} epochs'}")
         last_saved = self.state.step if self.resumed else None
         while stopped is None:
             self.sampler.set_epoch(self.state.epoch)
-            plan = self.sampler.plan()
+            plan = self._check_epoch_plan()
             if ctx.is_main and self.sampler.start_step == 0:
                 self._log_epoch(plan)
             loader = build_loader(self.dataset, self.sampler, num_workers=cfg.num_workers, seed=cfg.seed)
@@ -385,7 +398,7 @@ class Trainer:
                 self.state.steps_in_epoch += 1
                 self.state.samples_seen += agreed["valid"]
                 self.state.bad_samples += agreed["bad"]
-                self._record_step(agreed, out["grad_norm"], step_s, batch, max_steps)
+                self._record_step(agreed, out["grad_norm"], step_s, batch, shown_total)
                 due = self.state.step % cfg.ckpt_every == 0 or self.state.step >= max_steps or agreed["stop"]
                 if due:
                     self.save()
@@ -406,7 +419,8 @@ class Trainer:
             self.save()
         return self._finish(stopped, started)
 
-    def _check_epoch_plan(self) -> int:
+    def _check_epoch_plan(self):
+        """The current epoch's plan; an epoch without a single batch is an error saying why."""
         self.sampler.set_epoch(self.state.epoch)
         plan = self.sampler.plan()
         if plan.steps == 0:
@@ -414,7 +428,7 @@ class Trainer:
             raise UserError(f"no batch can be made from {self.config.data} with these buckets: "
                             f"{len(self.samples)} usable samples, {plan.dropped} fit no bucket ({reasons})",
                             hint="check the bucket table's resolutions and frame counts against the data")
-        return plan.steps
+        return plan
 
     def _log_epoch(self, plan) -> None:
         shown = ", ".join(f"{res} {frames}f {ar}: {n}" for (res, frames, ar), n in sorted(plan.buckets.items()))

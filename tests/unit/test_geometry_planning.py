@@ -20,14 +20,15 @@ def test_every_trained_length_is_an_official_key_or_an_image():
 
 @pytest.mark.parametrize("rows, cols, sp, tokens", [
     (45, 80, 1, 3600),  # 720p 9:16
-    (45, 80, 2, 3600),  # S divides: split as is, no padding (v1.2.0 rule)
+    (45, 80, 2, 3600),  # S divides: split as is, no padding
     (45, 80, 16, 3600),
     (30, 53, 2, 1590),  # 480p
-    (30, 53, 4, 32 * 53),  # 1590 % 4 != 0: rows padded 30 -> 32 (final v1.2 rule)
-    (30, 53, 8, 32 * 53),
-    (15, 27, 2, 16 * 27),  # 240p: 405 is odd
+    (30, 53, 4, 1592),  # 1590 % 4 != 0: 2 padding tokens (upstream pads 2 rows: 106 tokens)
+    (30, 53, 8, 1592),
+    (15, 27, 2, 406),  # 240p: 405 is odd
+    (15, 27, 4, 408),
     (23, 40, 8, 920),  # 360p
-    (23, 40, 16, 32 * 40),  # 920 % 16 != 0: 23 rows -> 32
+    (23, 40, 16, 928),  # 920 % 16 != 0: 8 padding tokens
 ])
 def test_sp_spatial_tokens(rows, cols, sp, tokens):
     assert geometry.sp_spatial_tokens(rows, cols, sp) == tokens

@@ -16,7 +16,7 @@ from clusterkit.errors import InvalidChoice, NotFound, UserError
 from clusterkit.planner import PlanRequest, choose, plan
 from clusterkit.project import Project
 from clusterkit.submit import submit_infer
-from opensora_core.errors import CheckpointNotFound
+from opensora_core.errors import CheckpointNotFound, LayoutError
 
 ROOT = Path(__file__).resolve().parents[2]
 README_ARGS = dict(model="tiny", frames="2s", resolution="144p", aspect_ratio="9:16",
@@ -68,9 +68,13 @@ def test_tiny_is_not_blocked_by_a_plan_no_node_fits(project):
 def test_official_model_takes_node_and_settings_from_the_plan(project, ckpt_dir):
     result = submit_infer(project, model="opensora-v1.2", ckpt_dir=str(ckpt_dir), frames="4s", resolution="720p",
                           prompts=("a cat",), executor="local", dry_run=True)
-    expected = choose(plan(project.inventory, PlanRequest(resolution="720p", frames="4s", gpus=1, sp=1,
-                                                          cfg_parallel=False)))
+    expected = choose(plan(project.inventory, PlanRequest(resolution="720p", frames="4s")))
     assert result["node"] == expected.name and result["plan"] == expected.to_dict()
+    planned = expected.to_dict()["layout"]  # the planner's layout, e.g. cfg + sp4 on 8 GPUs
+    assert {k: result["layout"][k] for k in ("sp", "replicas")} == {"sp": planned["sp"], "replicas": planned["replicas"]}
+    assert result["layout"]["cfg"] == (2 if planned["cfg_parallel"] else 1)
+    assert result["layout"]["world_size"] == planned["gpus"] > 1
+    assert result["rendered"]["world_size"] == planned["gpus"]
     s = result["settings"]
     assert s["dtype"] == expected.to_dict()["dtype"] == "bf16"
     assert s["flash_attn"] is (expected.to_dict()["attention"] == "fused")
@@ -90,13 +94,15 @@ def test_turing_node_gets_fp16_and_no_flash_attention(project, ckpt_dir):
 
 def test_a_layout_the_planner_rejects_is_refused_unless_forced(project, ckpt_dir):
     args = dict(model="opensora-v1.2", ckpt_dir=str(ckpt_dir), frames="4s", resolution="720p",
-                prompts=("a cat",), node="worker-1", executor="local", dry_run=True)
+                prompts=("a cat",), node="worker-1", executor="local", dry_run=True, gpus=1)
+    # unpinned, the planner splits it over 4 of worker-1's GPUs (cfg + sp2), which fits
+    assert submit_infer(project, **{**args, "gpus": None})["layout"]["world_size"] == 4
     with pytest.raises(UserError, match="worker-1 cannot run 720p 9:16 4s") as info:
         submit_infer(project, **args)
     assert "--force runs it anyway" in info.value.hint
     forced = submit_infer(project, **args, force=True)
     assert forced["node"] == "worker-1" and forced["notes"][0].startswith("--force: the planner rejected")
-    assert forced["settings"]["dtype"] == "fp16"
+    assert forced["settings"]["dtype"] == "fp16" and forced["layout"]["world_size"] == 1
     with pytest.raises(UserError, match="no node can run 720p 9:16 16s"):
         submit_infer(project, **{**args, "frames": "16s", "node": None})
     assert submit_infer(project, **{**args, "frames": "16s", "node": None}, force=True)["notes"][0].startswith("--force")
@@ -112,7 +118,11 @@ def test_a_layout_the_planner_rejects_is_refused_unless_forced(project, ckpt_dir
         (dict(aspect_ratio="16:10"), InvalidChoice, "--aspect-ratio \\(at 144p\\) '16:10' is not valid"),
         (dict(prompts=("",)), UserError, "prompt 0 is empty"),
         (dict(prompts=()), UserError, "no prompt given"),
-        (dict(gpus=2), UserError, "--gpus 2: inference runs on one GPU for now"),
+        (dict(gpus=6, sp=6), LayoutError, "--sp 6 is not valid: .* so --sp must divide 4; valid choices: 1, 2, 4"),
+        (dict(gpus=3, sp=2), LayoutError, "--gpus 3 is not a multiple of the group size 2"),
+        (dict(gpus=2, sp=2, cfg_parallel=True), LayoutError, "--gpus 2 is not a multiple of the group size 4"),
+        (dict(sp_scheme="ring"), LayoutError, "--sp-scheme 'ring' is not valid; valid choices: dsp, ulysses"),
+        (dict(gpus=4, node="worker-8"), UserError, "needs 4 GPUs; worker-8 has 2"),
         (dict(node="worker-9"), InvalidChoice, "node 'worker-9' is not valid"),
         (dict(model="opensora-v1.2"), UserError, "--model opensora-v1.2 needs --ckpt-dir"),
         (dict(ckpt_dir="/nonexistent/ckpt"), CheckpointNotFound, "checkpoint folder '/nonexistent/ckpt' does not exist"),

@@ -166,11 +166,18 @@ def test_job_entry_writes_result_index_and_progress(tmp_path, capsys, monkeypatc
     assert "RANDOM weights" in log and f"video 2/2 step {STEPS}/{STEPS}" in log
 
 
-def test_job_entry_refuses_more_than_one_rank(tmp_path, monkeypatch):
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    assert entry.main(write_job_files(tmp_path, make(["a cat"]))) == 2
+@pytest.mark.parametrize("world, changes, words", [
+    (6, dict(sp=4), "--gpus 6 is not a multiple of the group size 4 (sp4)"),
+    (3, dict(cfg_parallel=True), "--gpus 3 is not a multiple of the group size 2 (cfg2)"),
+])
+def test_job_entry_refuses_a_world_that_does_not_split_into_groups_before_loading(tmp_path, monkeypatch, world,
+                                                                                   changes, words):
+    monkeypatch.setenv("WORLD_SIZE", str(world))  # no RANK/MASTER_ADDR: joining a process group would fail
+    monkeypatch.setattr(entry, "load_models", lambda *a, **k: pytest.fail("models loaded before the layout check"))
+    assert entry.main(write_job_files(tmp_path, make(["a cat"], **changes))) == 2
     error = json.loads((tmp_path / "result.json").read_text())["error"]
-    assert error["kind"] == "user_error" and "one GPU for now (this job has 2 ranks)" in error["message"]
+    assert error["kind"] == "user_error" and words in error["message"]
+    assert "legal layouts of" in error["hint"]
 
 
 def test_job_entry_reports_a_bad_checkpoint_before_any_compute(tmp_path, tiny_ckpt, capsys, monkeypatch):

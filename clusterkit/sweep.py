@@ -1,0 +1,290 @@
+"""Prompt sweeps: ``clusterkit submit infer --prompts-file FILE --nodes all|a,b,c``.
+
+One sweep = one set of settings and prompts = one output folder. Each run of the command:
+
+1. reads what is already done there (``opensora_core.inference.records``: a video counts only
+   when its file and its completion record agree; partial files are never counted);
+2. plans every chosen node (the planner's layout for the full model; for ``tiny`` the flags'
+   layout, weighted by the planner's prediction for the full model), skipping nodes that
+   cannot run it;
+3. deals the videos still missing to the replica groups of all nodes in proportion to their
+   predicted throughput (``split_videos``: each next video goes to the group that would finish it
+   first), and submits one job per node that got any;
+4. records the runs in ``sweep.json``; with ``--wait`` it waits for all of them (one scheduler
+   query per poll for all runs) and rebuilds ``index.json`` (file, prompt, seed, node, layout,
+   seconds per video).
+
+Re-running the same command therefore resumes: finished videos are skipped and nothing is made
+twice. It refuses to start while a job of the same sweep is still queued or running.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from clusterkit.errors import JobFailed, UserError
+from clusterkit.jobs import load_preset
+from clusterkit.launch import runs
+from clusterkit.launch.executors import pick_executor
+from clusterkit.launch.records import atomic_write_json, new_run_id, read_json
+from clusterkit.launch.render import RunPaths
+from clusterkit.launch.spec import LaunchSpec, node_slots
+from clusterkit.project import Project
+from clusterkit.submit import PRESET, PROMPTS_FILE, REQUEST_FILE, LayoutPins, _prompts, _warnings, choose_settings
+from opensora_core.inference import records
+from opensora_core.inference.request import InferRequest, VideoItem
+from opensora_core.parallel.layout import DEFAULT_SP_SCHEME
+from opensora_core.presets import checkpoint_paths, get_preset
+
+#: Request fields that decide what the videos look like: the sweep's identity.
+IDENTITY = ("model", "ckpt_dir", "frames", "resolution", "aspect_ratio", "seed", "steps", "cfg_scale", "fps",
+            "num_samples", "aes")
+MANIFEST_SCHEMA = "clusterkit/sweep/v1"
+_ACTIVE = ("SUBMITTING", "PENDING", "RUNNING")
+
+
+@dataclass(frozen=True)
+class Group:
+    """One replica group of one node: it makes one video at a time in ``seconds``."""
+
+    node: str
+    seconds: float
+
+
+def split_videos(videos: list, groups: list[Group]) -> dict[str, list]:
+    """Deal ``videos`` (in order) to the nodes of ``groups``, in proportion to each group's throughput:
+    every next video goes to the group that would finish it first (ties: the earlier group).
+    Returns the videos per node, in order; nodes that get none are absent. Pure."""
+    if not groups:
+        raise ValueError("no group to split the videos over")
+    loads = [0] * len(groups)
+    out: dict[str, list] = {}
+    for video in videos:
+        best = min(range(len(groups)), key=lambda g: ((loads[g] + 1) * groups[g].seconds, g))
+        loads[best] += 1
+        out.setdefault(groups[best].node, []).append(video)
+    return out
+
+
+def sweep_id(request: InferRequest) -> str:
+    """``sweep-<12 hex>`` from the settings that decide the videos and the prompts, in order."""
+    identity = {key: getattr(request, key) for key in IDENTITY}
+    identity["prompts"] = list(request.prompts)
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    return f"sweep-{digest[:12]}"
+
+
+def submit_sweep(
+    project: Project,
+    *,
+    nodes: str,
+    frames: str,
+    resolution: str,
+    aspect_ratio: str = "9:16",
+    prompts: tuple[str, ...] = (),
+    prompts_file: str | None = None,
+    model: str = "opensora-v1.2",
+    ckpt_dir: str | None = None,
+    gpus: int | None = None,
+    sp: int | None = None,
+    cfg_parallel: bool | None = None,
+    sp_scheme: str = DEFAULT_SP_SCHEME,
+    seed: int = 42,
+    steps: int = 30,
+    num_samples: int = 1,
+    cfg_scale: float = 7.0,
+    fps: int = 24,
+    executor: str = "auto",
+    nccl_profile: str | None = None,
+    env: dict[str, str] | None = None,
+    output: str | None = None,
+    wait: bool = False,
+    dry_run: bool = False,
+    force: bool = False,
+    timeout_s: float | None = None,
+    on_progress: Callable[[dict], None] | None = None,
+    on_submitted: Callable[[dict], None] | None = None,
+) -> dict:
+    """Plan, split and submit the videos of a sweep still missing from its output folder (see the
+    module docstring). Every input error is raised before anything is written or submitted."""
+    preset = get_preset(model)
+    pins = LayoutPins(gpus, sp, cfg_parallel, sp_scheme)
+    pins.check(preset.stdit3_config.get("num_heads", 16))
+    names = [n.name for n in project.inventory.select(nodes)]  # unknown names: an error with the valid ones
+    prompt_list = _prompts(prompts, prompts_file)
+    if ckpt_dir is not None:
+        checkpoint_paths(ckpt_dir)
+        ckpt_dir = str(Path(ckpt_dir).expanduser().resolve())
+    draft = InferRequest(prompts=prompt_list, frames=frames, resolution=resolution, aspect_ratio=aspect_ratio,
+                         model=model, ckpt_dir=ckpt_dir, seed=seed, steps=steps, num_samples=num_samples,
+                         cfg_scale=cfg_scale, fps=fps)
+    sweep = sweep_id(draft)
+    draft = InferRequest(**{**draft.to_dict(), "name": sweep})
+    output_dir = Path(output).expanduser().resolve() if output else project.runs_dir / "sweeps" / sweep
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UserError(f"--output {str(output_dir)!r} is a file, not a folder")
+    manifest = _check_manifest(project, output_dir, sweep, draft)
+    done = records.completed(output_dir)
+    todo = [v for v in draft.videos() if v.filename not in done]
+    result = {"sweep": sweep, "output_dir": str(output_dir), "model": preset.name, "dry_run": dry_run,
+              "random_weights": draft.random_weights, "warnings": _warnings(draft, preset),
+              "num_videos": len(draft.videos()), "already_done": len(draft.videos()) - len(todo),
+              "to_make": len(todo), "runs": [], "skipped": {}}
+    if not todo:
+        if not dry_run:
+            result["index"] = str(output_dir / records.INDEX)
+            _save_manifest(output_dir, manifest, draft, sweep, [])
+            result.update(collect(output_dir))
+        return result
+    plans, result["skipped"] = _plan_nodes(project, draft, names, pins, force, len(todo))
+    if not plans:
+        raise UserError(f"no node of {nodes} can run this sweep: "
+                        + "; ".join(f"{n}: {why}" for n, why in result["skipped"].items()))
+    groups = [Group(name, choice.seconds or 1.0) for name, choice in plans.items()
+              for _ in range(choice.layout.replicas)]
+    shares = split_videos(todo, groups)
+    job = load_preset(project.jobs_dir, PRESET)
+    launches = []
+    for name, videos in shares.items():
+        choice = plans[name]
+        run_id = new_run_id(job.kind)
+        paths = RunPaths(project.registry.run_dir(run_id))
+        layout = choice.layout
+        request = InferRequest(**{
+            **draft.to_dict(), **choice.settings, "output_dir": str(output_dir), "notes": choice.notes,
+            "node": name, "sweep": sweep, "run_id": run_id, "sp": layout.sp, "cfg_parallel": layout.cfg_enabled,
+            "sp_scheme": layout.sp_scheme, "items": tuple((v.prompt_index, v.sample) for v in videos)})
+        spec = LaunchSpec(
+            run_id=run_id, kind=job.kind, nodes=node_slots(project.inventory, name), gpus_per_node=layout.world_size,
+            entry=job.entry,
+            args=(*job.args, "--request", str(paths.root / REQUEST_FILE), "--prompts",
+                  str(paths.root / PROMPTS_FILE), "--result", str(paths.result)),
+            executor=pick_executor(executor), base_profile=job.nccl_profile, nccl_profile=nccl_profile,
+            env=dict(env or {}), time_limit_min=job.time_limit_min, port_range=job.port_range,
+            rdzv_timeout_s=job.rdzv_timeout_s, cpus_per_task=job.cpus_per_task,
+        )
+        files = {
+            REQUEST_FILE: json.dumps(request.settings(), indent=2, ensure_ascii=False) + "\n",
+            PROMPTS_FILE: json.dumps(list(request.prompts), indent=2, ensure_ascii=False) + "\n",
+        }
+        launches.append((spec, files, {"run_id": run_id, "node": name, "layout": layout.to_dict(),
+                                       "describe": layout.describe(), "seconds_per_video": choice.seconds,
+                                       "videos": [v.filename for v in videos]}))
+    for spec, files, row in launches:  # everything is built and checked before the first submission
+        submitted = runs.launch(project, spec, dry_run=dry_run, files=files)
+        result["runs"].append({**row, "job_ids": submitted["job_ids"], "executor": submitted["executor"],
+                               "run_dir": submitted["run_dir"]})
+        if not dry_run:
+            _save_manifest(output_dir, manifest, draft, sweep, result["runs"][-1:])
+            manifest = read_json(output_dir / records.MANIFEST)
+    if dry_run or not wait:
+        return result
+    if on_submitted is not None:
+        on_submitted(result)
+    return {**result, **wait_for_sweep(project, output_dir, [r["run_id"] for r in result["runs"]],
+                                       total=len(draft.videos()), timeout_s=timeout_s, on_progress=on_progress)}
+
+
+def wait_for_sweep(project: Project, output_dir: Path, run_ids: list[str], *, total: int,
+                   timeout_s: float | None = None, on_progress: Callable[[dict], None] | None = None) -> dict:
+    """Wait for every run of a sweep (one scheduler query per poll for all of them), then collect.
+    Raises ``JobFailed`` naming the failed runs and the missing videos when a run did not complete."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    pending = [project.registry.get(run_id) for run_id in run_ids]
+    while True:
+        pending = runs.refresh(project, pending)
+        if on_progress is not None:
+            on_progress({"stage": "sweep", "done": len(records.completed(output_dir)), "total": total,
+                         "running": sum(not r.terminal for r in pending)})
+        if all(r.terminal for r in pending):
+            break
+        if deadline is not None and time.monotonic() > deadline:
+            for record in pending:
+                if not record.terminal:
+                    runs.cancel(project, record.run_id)
+            raise JobFailed(f"the sweep did not finish within {timeout_s:g}s; its runs were cancelled",
+                            hint="re-run the same command to resume")
+        time.sleep(1.0)
+    collected = collect(output_dir)
+    failed = [f"{r.run_id} ({r.state})" for r in pending if r.state != "COMPLETED"]
+    if failed:
+        raise JobFailed(f"sweep runs did not complete: {', '.join(failed)}; {collected['done']} of "
+                        f"{collected['expected']} videos done, missing: {', '.join(collected['missing'][:8])}",
+                        hint="re-run the same command to make only the missing videos (clusterkit logs RUN)")
+    return {"states": {r.run_id: r.state for r in pending}, **collected}
+
+
+def collect(output_dir: Path) -> dict:
+    """Rebuild the sweep's ``index.json`` from its completion records; what is done and missing."""
+    index = records.write_sweep_index(output_dir)
+    return {"index": str(Path(output_dir) / records.INDEX), "done": index["done"], "expected": index["expected"],
+            "missing": index["missing"] or [], "outputs": [str(Path(output_dir) / v["file"]) for v in index["videos"]]}
+
+
+def _plan_nodes(project: Project, draft: InferRequest, names: list[str], pins: LayoutPins, force: bool,
+                videos: int) -> tuple[dict, dict]:
+    """(node -> Choice) for the nodes that can run the sweep, (node -> reason) for the others."""
+    plans, skipped = {}, {}
+    for name in names:  # the planner memoises per node kind: equal nodes cost one plan
+        try:
+            plans[name] = choose_settings(project, draft, node=name, force=force, pins=pins,
+                                          objective="throughput", num_videos=videos)
+        except UserError as exc:
+            skipped[name] = exc.message
+    return plans, skipped
+
+
+def _check_manifest(project: Project, output_dir: Path, sweep: str, draft: InferRequest) -> dict | None:
+    """The folder's manifest; refuses another sweep's folder and a sweep whose jobs still run."""
+    manifest = read_json(output_dir / records.MANIFEST)
+    if manifest is None:
+        if output_dir.is_dir() and any(output_dir.iterdir()):
+            raise UserError(f"--output {str(output_dir)!r} is not empty and holds no sweep",
+                            hint="give an empty or new folder")
+        return None
+    if manifest.get("sweep") != sweep:
+        old = manifest.get("settings", {})
+        changed = sorted(k for k in (*IDENTITY, "prompts") if old.get(k) != _identity(draft).get(k))
+        raise UserError(f"{str(output_dir)!r} holds sweep {manifest.get('sweep')}, made with other settings "
+                        f"({', '.join(changed) or 'prompts'} differ)",
+                        hint="use the same settings and prompts to resume it, or another --output")
+    active = []
+    records_of = []
+    for row in manifest.get("runs", []):
+        try:
+            records_of.append(project.registry.get(row["run_id"]))
+        except UserError:
+            continue  # a run of another runs directory: its state is unknown here
+    for record in runs.refresh(project, records_of):
+        if record.state in _ACTIVE:
+            active.append(f"{record.run_id} ({record.state})")
+    if active:
+        raise UserError(f"sweep {sweep} still has jobs queued or running: {', '.join(active)}",
+                        hint="wait for them (clusterkit status) or cancel them (clusterkit cancel RUN), then re-run")
+    return manifest
+
+
+def _save_manifest(output_dir: Path, manifest: dict | None, draft: InferRequest, sweep: str, new_runs: list) -> None:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    manifest = manifest or {"schema": MANIFEST_SCHEMA, "sweep": sweep, "settings": _identity(draft),
+                            "videos": [_video(v) for v in draft.videos()], "runs": []}
+    manifest["runs"] = [*manifest["runs"], *({k: v for k, v in row.items() if k != "videos"} | {
+        "videos": row["videos"], "submitted_at": time.time()} for row in new_runs)]
+    atomic_write_json(output_dir / records.MANIFEST, manifest)
+
+
+def _identity(request: InferRequest) -> dict:
+    return {**{key: getattr(request, key) for key in IDENTITY}, "prompts": list(request.prompts)}
+
+
+def _video(video: VideoItem) -> dict:
+    return {"file": video.filename, "prompt_index": video.prompt_index, "sample": video.sample,
+            "prompt": video.prompt, "seed": video.seed}
+
+
+__all__ = ["Group", "collect", "split_videos", "submit_sweep", "sweep_id", "wait_for_sweep"]
