@@ -49,7 +49,7 @@ def worker(args: argparse.Namespace) -> None:
     import torch
     import torch.distributed as dist
 
-    from opensora_core.inference.pipeline import _model_fn
+    from opensora_core.inference.pipeline import sampler_model_fn
     from opensora_core.models.stdit3 import STDiT3, STDiT3Config
     from opensora_core.parallel.groups import build_context
     from opensora_core.parallel.layout import ParallelLayout
@@ -75,7 +75,7 @@ def worker(args: argparse.Namespace) -> None:
     t = torch.tensor([800.0])
     times, counted, comm_s = [], None, []
     with torch.inference_mode():
-        model_fn = _model_fn(model, y, mask, cond, z.shape[1], ctx)
+        model_fn = sampler_model_fn(model, y, mask, cond, z.shape[1], ctx)
         for step in range(args.warmup + args.steps):
             ctx.counter.reset()
             if world > 1:

@@ -104,20 +104,60 @@ def _slurm_configured() -> bool:
 
 
 def _render_runs(records: list, title: str) -> None:
-    from rich.table import Table
-
+    """One line per run: the run id is never wrapped (users copy it); the summary, which can be
+    long, goes on its own line under the table."""
     import time
+
+    from rich import box
+    from rich.markup import escape
+    from rich.table import Table
 
     from clusterkit.launch.runs import attempts
 
-    table = Table(title=title, title_justify="left")
-    for column in ("run", "kind", "executor", "nodes", "job ids", "state", "attempts", "age", "summary"):
-        table.add_column(column, overflow="fold")
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("run", no_wrap=True)
+    for column in ("state", "job", "nodes", "age"):
+        table.add_column(column, no_wrap=True)
     now = time.time()
     for r in records:
-        table.add_row(r.run_id, r.kind, r.executor, ",".join(r.nodes), ",".join(r.job_ids),
-                      _colour_state(r.state), str(len(attempts(r)) or "-"), fmt_seconds(now - r.created_at), r.summary)
-    console().print(table)
+        tries = len(attempts(r))
+        job = (r.job_ids[0] if r.executor == "slurm" else "local") if r.job_ids else r.executor
+        if len(r.job_ids) > 1:
+            job += f" +{len(r.job_ids) - 1}"
+        state = _colour_state(r.state) + (f" x{tries}" if tries > 1 else "")
+        table.add_row(r.run_id, state, job, hostlist(r.nodes), fmt_seconds(now - r.created_at))
+    out = console()
+    out.print(table)
+    for r in records:
+        if r.summary:
+            out.print(f"{r.run_id}: {escape(r.summary)}")
+
+
+def hostlist(names) -> str:
+    """Slurm-style compact node list: worker-5,worker-6,worker-8 -> worker-[5-6,8]."""
+    import re
+
+    groups: dict[str, list[int]] = {}
+    plain = []
+    for name in names:
+        match = re.fullmatch(r"(.*?)(\d+)", name)
+        if match and not match.group(2).startswith("0"):
+            groups.setdefault(match.group(1), []).append(int(match.group(2)))
+        else:
+            plain.append(name)
+    parts = []
+    for prefix, numbers in groups.items():
+        numbers = sorted(set(numbers))
+        if len(numbers) == 1:
+            parts.append(f"{prefix}{numbers[0]}")
+            continue
+        ranges, start = [], numbers[0]
+        for prev, cur in zip(numbers, numbers[1:] + [None]):
+            if cur != prev + 1 if cur is not None else True:
+                ranges.append(f"{start}" if start == prev else f"{start}-{prev}")
+                start = cur
+        parts.append(f"{prefix}[{','.join(ranges)}]")
+    return ",".join(parts + plain)
 
 
 def _run_dicts(records: list) -> list[dict]:

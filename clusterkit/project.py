@@ -35,11 +35,13 @@ class Project:
 
     @property
     def env_dir(self) -> Path:
-        return self.root / "env"
+        """``env/`` next to nodes.yaml; else the one of the clusterkit checkout it runs from."""
+        return _beside_or_shipped(self.root, "env")
 
     @property
     def jobs_dir(self) -> Path:
-        return self.root / "jobs"
+        """``jobs/`` next to nodes.yaml; else the one of the clusterkit checkout it runs from."""
+        return _beside_or_shipped(self.root, "jobs")
 
     @cached_property
     def inventory(self):
@@ -58,3 +60,15 @@ class Project:
         from clusterkit.launch.records import Registry
 
         return Registry(self.runs_dir)
+
+
+SOURCE_ROOT = Path(__file__).resolve().parents[1]  # the checkout (scripts/install.sh installs editable)
+
+
+def _beside_or_shipped(root: Path, name: str) -> Path:
+    """A site keeps its own nodes.yaml anywhere; its env/ and jobs/ may sit beside it (they win)
+    or come from the clusterkit checkout."""
+    own = root / name
+    if own.is_dir() or not (SOURCE_ROOT / name).is_dir():
+        return own
+    return SOURCE_ROOT / name

@@ -731,9 +731,17 @@ def signature(sig_id: str) -> Signature:
         raise KeyError(f"unknown signature {sig_id!r}; known: {', '.join(_BY_ID)}") from None
 
 
+# Lines that quote an error torch or NCCL already recovered from: never a finding.
+# c10d's TCPStore tries IPv6 first and, when a second agent on the same host already holds the
+# port there, logs EADDRINUSE at INFO level before succeeding on IPv4.
+BENIGN = re.compile(r"Failed to bind to ipv6 address, trying ipv4")
+
+
 def match_line(text: str, world_size: int | None = None) -> tuple[Signature, re.Match[str]] | None:
     """The highest-priority signature matching one log line (``text`` without its timestamp or
     rank prefix works best for X3), or None."""
+    if BENIGN.search(text):
+        return None
     for sig in MATCH_ORDER:
         match = sig.search(text, world_size)
         if match:

@@ -84,7 +84,7 @@ def load_env_specs(env_dir: Path) -> list[EnvSpec]:
     files = sorted(Path(env_dir).glob("requirements-*.txt"))
     if not files:
         raise UserError(f"no environment specs (requirements-*.txt) in {env_dir}",
-                        hint="they ship with clusterkit in env/; run from the project directory")
+                        hint="copy env/ from the clusterkit checkout next to your nodes.yaml")
     specs = [parse_env_spec(p, p.read_text(encoding="utf-8")) for p in files]
     return sorted(specs, key=lambda s: (s.cuda is None, tuple(-v for v in (s.cuda or (0, 0)))))
 

@@ -68,12 +68,14 @@ def denoise(
         steps, height=cond["height"], width=cond["width"], num_frames=cond["num_frames"],
         batch_size=z.shape[0], device=z.device,
     )
-    model_fn = _model_fn(stdit3, y, mask, cond, z.shape[1], parallel)
+    model_fn = sampler_model_fn(stdit3, y, mask, cond, z.shape[1], parallel)
     return rectified_flow.sample(model_fn, z.to(dtype), times, cfg_scale=cfg_scale, callback=on_step)
 
 
-def _model_fn(stdit3: STDiT3, y, mask, cond: dict, channels: int, parallel: ParallelContext | None):
-    """The sampler's model function for this rank's place in the layout."""
+def sampler_model_fn(stdit3: STDiT3, y, mask, cond: dict, channels: int, parallel: ParallelContext | None):
+    """The ``model_fn`` of ``rectified_flow.sample`` for this rank's place in the layout: the plain
+    CFG batch, with SP (``SequenceParallel``) and/or the CFG pair split (``cfg_parallel_model_fn``).
+    ``cond``: the per-sample fps, height and width; ``channels``: the latent channels."""
     layout = parallel.layout if parallel is not None else None
     sequence = None
     if layout is not None and layout.sp_enabled:

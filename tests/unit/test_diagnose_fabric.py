@@ -158,3 +158,16 @@ def test_apply_refuses_what_the_loader_rejects(tmp_path):
     with pytest.raises(UserError):
         apply_env_edits(path, [EnvRecommendation("worker-5", "NCCL_BLOCKING_WAIT", "1", "deprecated")])
     assert path.read_text() == before  # untouched
+
+
+def test_recovered_ipv6_bind_fallback_is_not_a_port_clash():
+    from clusterkit.diagnose.logs import diagnose, logs_from_texts
+    from clusterkit.diagnose.signatures import match_line
+
+    line = ("[I1122 02:54:12.167919675 TCPStoreLibUvBackend.cpp:1266] [c10d] Failed to bind to ipv6 address, "
+            "trying ipv4. Error: The server socket has failed to listen on any local network address. port: 28620, "
+            "useIpv6: true, code: -98, name: EADDRINUSE, message: address already in use")
+    assert match_line(line) is None
+    assert diagnose(logs_from_texts({"logs/node-worker-8.log": line + "\n"})).ok
+    real = line.replace("Failed to bind to ipv6 address, trying ipv4. Error: ", "")
+    assert match_line(real)[0].id == "R1"  # the same error without the fallback still is one

@@ -20,7 +20,7 @@ import sys
 import torch
 import torch.distributed as dist
 
-from opensora_core.inference.pipeline import _model_fn
+from opensora_core.inference.pipeline import sampler_model_fn
 from opensora_core.models.stdit3 import STDiT3, STDiT3Config
 from opensora_core.parallel.groups import build_context
 from opensora_core.parallel.layout import ParallelLayout
@@ -91,7 +91,7 @@ def main() -> int:
             for case in CASES:
                 z, y, mask, _, cond, _ = inputs(case, model)
                 ctx.counter.reset()
-                model_fn = _model_fn(model, y, mask, cond, z.shape[1], ctx)
+                model_fn = sampler_model_fn(model, y, mask, cond, z.shape[1], ctx)
                 t = rectified_flow.timesteps(1, height=cond["height"], width=cond["width"],
                                              num_frames=cond["num_frames"], batch_size=1)[0]
                 model_fn(torch.cat([z, z]), torch.cat([t, t]), None)
