@@ -176,6 +176,9 @@ def _render_sweep_submitted(result: dict) -> None:
                   f" -> run {run['run_id']}{jobs}")
     for node, why in result["skipped"].items():
         out.print(f"  [dim]{escape(node)} skipped: {escape(why)}[/dim]")
+    if result.get("unused"):
+        out.print(f"  [dim]no video for {', '.join(result['unused'])}: the other nodes finish every video sooner"
+                  "[/dim]")
     out.out(f"output folder: {result['output_dir']}", highlight=False)
 
 

@@ -380,7 +380,8 @@ def _vae_seconds(work: Workload, settings: Settings, peak: float, fabric: str = 
     if settings.group == 1:
         return seconds
     sharing = min(settings.group, _micro_batches(work, settings.vae_micro_batch))
-    gather = work.num_frames * work.pixels * SHARED_DECODED_BYTES_PER_PIXEL / (alltoall_gbs(fabric, settings.group) * 1e9)
+    gathered = work.num_frames * work.pixels * SHARED_DECODED_BYTES_PER_PIXEL
+    gather = gathered / (alltoall_gbs(fabric, settings.group) * 1e9)
     return seconds / sharing + gather
 
 

@@ -416,7 +416,8 @@ def _estimate(estimates: _Estimates, work: cm.Workload, facts: NodeFacts, key: t
 def _rejection(work: cm.Workload, facts: NodeFacts, settings: cm.Settings, memory: cm.Memory) -> str | None:
     budget = facts.gpu.usable_gib * (1 - cm.MEMORY_HEADROOM)
     if settings.sp > work.rows * work.cols:
-        return f"--sp {settings.sp} exceeds the {work.rows * work.cols} tokens of a frame: some ranks would hold only padding"
+        tokens = work.rows * work.cols
+        return f"--sp {settings.sp} exceeds the {tokens} tokens of a frame: some ranks would hold only padding"
     if memory.peak > budget:
         return _memory_reason(memory, settings, facts.gpu, budget)
     return None

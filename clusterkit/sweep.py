@@ -134,7 +134,7 @@ def submit_sweep(
     result = {"sweep": sweep, "output_dir": str(output_dir), "model": preset.name, "dry_run": dry_run,
               "random_weights": draft.random_weights, "warnings": _warnings(draft, preset),
               "num_videos": len(draft.videos()), "already_done": len(draft.videos()) - len(todo),
-              "to_make": len(todo), "runs": [], "skipped": {}}
+              "to_make": len(todo), "runs": [], "skipped": {}, "unused": []}
     if not todo:
         if not dry_run:
             result["index"] = str(output_dir / records.INDEX)
@@ -148,6 +148,7 @@ def submit_sweep(
     groups = [Group(name, choice.seconds or 1.0) for name, choice in plans.items()
               for _ in range(choice.layout.replicas)]
     shares = split_videos(todo, groups)
+    result["unused"] = [name for name in plans if name not in shares]  # the others finish every video sooner
     job = load_preset(project.jobs_dir, PRESET)
     launches = []
     for name, videos in shares.items():

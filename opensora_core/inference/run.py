@@ -111,14 +111,14 @@ def run(request: InferRequest, result_path: Path, device: torch.device, parallel
 
     geometry = request.geometry
     header = {
-        "run": request.name, "model": preset.name, "random_weights": random_weights, "weights": weights,
+        "run": request.run_id or request.name, "model": preset.name, "random_weights": random_weights, "weights": weights,
         "seed": request.seed, "seed_rule": "sha256(f'{seed}\\0{sample}\\0{prompt}')[:8] little-endian, 63 bits",
         "steps": request.steps, "cfg_scale": request.cfg_scale, "fps": request.fps,
         "frames": geometry.num_frames, "height": geometry.height, "width": geometry.width,
         "layout": (parallel.layout if parallel is not None else request.layout(1)).to_dict(),
         "node": request.node, "sweep": request.sweep,
     }
-    run_id = request.run_id or request.name
+    run_id = header["run"]
     records_dir = output_dir / RECORDS if request.sweep else None
     # a sweep's folder is shared by the jobs of several nodes: each job's own index goes in runs/
     index_file = index_path(output_dir / RUN_INDEXES if request.sweep else output_dir, run_id)

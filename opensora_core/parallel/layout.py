@@ -33,7 +33,8 @@ SP_SCHEMES: tuple[str, ...] = ("dsp", "ulysses")
 DEFAULT_SP_SCHEME = "dsp"
 #: STDiT3-XL/2's attention heads (the tiny preset has 4).
 XL_NUM_HEADS = 16
-SP_RULE = "sequence parallelism splits the model's {heads} attention heads across the ranks, so --sp must divide {heads}"
+SP_RULE = ("sequence parallelism splits the model's {heads} attention heads across the ranks, "
+           "so --sp must divide {heads}")
 
 
 def legal_sp_degrees(num_heads: int = XL_NUM_HEADS) -> tuple[int, ...]:

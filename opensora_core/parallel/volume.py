@@ -105,5 +105,5 @@ def upstream_bytes_per_video(*, sp: int, samples: int, tokens: int, hidden: int,
     return steps * depth * 6 * samples * tokens * hidden * elem_bytes / sp * (sp - 1) / sp
 
 
-__all__ = ["ALLTOALLS_PER_SPATIAL_BLOCK", "ALLTOALL_CALLS_PER_SPATIAL_BLOCK", "StepVolume", "effective_scheme", "padded", "step_volume",
-           "upstream_bytes_per_video"]
+__all__ = ["ALLTOALLS_PER_SPATIAL_BLOCK", "ALLTOALL_CALLS_PER_SPATIAL_BLOCK", "StepVolume", "effective_scheme",
+           "padded", "step_volume", "upstream_bytes_per_video"]

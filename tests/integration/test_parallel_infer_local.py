@@ -13,11 +13,15 @@ from run to run for the same pixels, parallel or not; the pixel digests still ag
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from ck_testing import ROOT
 from infer_testing import decode
 
 pytestmark = pytest.mark.integration
@@ -25,8 +29,8 @@ pytestmark = pytest.mark.integration
 PROMPTS = ["a cat on a sofa", "a red car at night"]
 #: One intra-op thread everywhere: torchrun already sets it for several ranks per node, and CPU
 #: kernels round differently with another thread count (the same one-process run does too).
-BASE = ["submit", "infer", "--model", "tiny", "--frames", "2s", "--res", "256", "--aspect-ratio", "0.33", "--steps", "3",
-        "--node", "worker-5",
+BASE = ["submit", "infer", "--model", "tiny", "--frames", "2s", "--res", "256", "--aspect-ratio", "0.33",
+        "--steps", "3", "--node", "worker-5",
         "--executor", "local", "--wait", "--env", "OMP_NUM_THREADS=1",
         *[arg for p in PROMPTS for arg in ("--prompt", p)]]
 LAYOUTS = {  # name: (flags, expected layout (world, replicas, cfg, sp, scheme))
@@ -46,17 +50,11 @@ def _run(cli, flags, output: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
-    from conftest import ROOT  # noqa: F401  (the cli fixture is function-scoped; run the CLI directly here)
-    import os
-    import subprocess
-    import sys
-
+    """The one-GPU run (module-scoped: the ``cli`` fixture is per test, so the CLI is run here)."""
     folder = tmp_path_factory.mktemp("reference")
-    env = {**os.environ, "CLUSTERKIT_RUNS_DIR": str(folder / "runs"),
-           "CLUSTERKIT_INVENTORY": str(Path(__file__).resolve().parents[2] / "nodes.yaml")}
+    env = {**os.environ, "CLUSTERKIT_RUNS_DIR": str(folder / "runs"), "CLUSTERKIT_INVENTORY": str(ROOT / "nodes.yaml")}
     proc = subprocess.run([sys.executable, "-m", "clusterkit", *BASE, "--gpus", "1", "--output", str(folder / "out"),
-                           "--json"], capture_output=True, text=True, timeout=900, env=env,
-                          cwd=Path(__file__).resolve().parents[2])
+                           "--json"], capture_output=True, text=True, timeout=900, env=env, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)["result"]
     return {v["prompt_index"]: v for v in result["videos"]}

@@ -77,9 +77,9 @@ def test_a_6_way_split_hint_lists_the_legal_6_gpu_layouts():
 
 def test_legal_degrees_and_layouts_of_a_world():
     assert legal_sp_degrees(16) == (1, 2, 4, 8, 16) and legal_sp_degrees(4) == (1, 2, 4)
-    assert [(l.replicas, l.cfg, l.sp) for l in layouts_for(8)] == [
+    assert [(layout.replicas, layout.cfg, layout.sp) for layout in layouts_for(8)] == [
         (1, 2, 4), (1, 1, 8), (2, 2, 2), (2, 1, 4), (4, 2, 1), (4, 1, 2), (8, 1, 1)]
-    assert all(l.sp != 3 for l in layouts_for(6)) and len(layouts_for(6)) == 3
+    assert all(layout.sp != 3 for layout in layouts_for(6)) and len(layouts_for(6)) == 3
 
 
 def test_padding_and_the_dsp_fallback():
@@ -106,10 +106,11 @@ def test_volume_formula_by_scheme():
 
 
 def test_cli_refuses_sp_6_on_a_6_gpu_node_in_under_a_second(tmp_path):
-    env = {**os.environ, "CLUSTERKIT_RUNS_DIR": str(tmp_path / "runs"), "CLUSTERKIT_INVENTORY": str(ROOT / "nodes.yaml")}
+    env = {**os.environ, "CLUSTERKIT_RUNS_DIR": str(tmp_path / "runs"),
+           "CLUSTERKIT_INVENTORY": str(ROOT / "nodes.yaml")}
     env.pop("SLURM_CONF", None)
-    argv = [sys.executable, "-m", "clusterkit", "submit", "infer", "--frames", "4s", "--res", "720p", "--prompt", "a cat",
-            "--node", "worker-1", "--gpus", "6", "--sp", "6", "--json"]
+    argv = [sys.executable, "-m", "clusterkit", "submit", "infer", "--frames", "4s", "--res", "720p",
+            "--prompt", "a cat", "--node", "worker-1", "--gpus", "6", "--sp", "6", "--json"]
     began = time.perf_counter()
     proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
     elapsed = time.perf_counter() - began

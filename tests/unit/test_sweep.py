@@ -163,3 +163,16 @@ def test_sweep_layout_errors_come_first(project):
     assert {r["node"] for r in result["runs"]} == {"worker-5"}
     with pytest.raises(UserError, match="no node of worker-8 can run this sweep"):
         submit_sweep(project, nodes="worker-8", **ARGS, gpus=4, dry_run=True)
+
+
+def test_every_node_of_the_sweep_is_accounted_for(project):
+    result = submit_sweep(project, nodes="all", **ARGS, gpus=2, dry_run=True)
+    used = {run["node"] for run in result["runs"]}
+    names = {node.name for node in project.inventory.nodes}
+    assert used | set(result["unused"]) | set(result["skipped"]) == names
+    assert not used & set(result["unused"])
+    # the planner's predictions order the nodes: the slowest (Turing, fp16, unfused) get the fewest videos
+    shares = {run["node"]: len(run["videos"]) for run in result["runs"]}
+    seconds = {run["node"]: run["seconds_per_video"] for run in result["runs"]}
+    fastest, slowest = min(seconds, key=seconds.get), max(seconds, key=seconds.get)
+    assert shares[fastest] >= shares[slowest] and sum(shares.values()) == 12
