@@ -21,7 +21,6 @@ layouts. ``--nodes`` (a prompt sweep over several nodes) is ``clusterkit.sweep``
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,7 @@ from opensora_core.presets import checkpoint_paths, get_preset
 PRESET = "infer"
 REQUEST_FILE = "request.json"
 PROMPTS_FILE = "prompts.json"
-PROGRESS_FILE = "progress.json"
+PROGRESS_FILE = runs.PROGRESS_FILE
 #: Planner T5 placements -> (device the encoder runs on, its precision). The pipeline always moves
 #: the encoder off the GPU after encoding, so no placement keeps it resident during denoising.
 _T5_PLACEMENT = {"gpu-fp32": ("gpu", "fp32"), "gpu-bf16": ("gpu", "bf16")}
@@ -267,17 +266,8 @@ def wait_for_infer(
 ) -> dict:
     """Wait for an inference run; its outputs, timings and peak memory, or the job's own error."""
     paths = RunPaths(project.registry.run_dir(run_id))
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    while True:
-        record = runs.wait(project, run_id, timeout=1.0)
-        if on_progress is not None:
-            on_progress(read_json(paths.root / PROGRESS_FILE) or {"stage": record.state.lower()})
-        if record.terminal:
-            break
-        if deadline is not None and time.monotonic() > deadline:
-            runs.cancel(project, run_id)
-            raise JobFailed(f"run {run_id} did not finish within {timeout_s:g}s; cancelled",
-                            hint=f"clusterkit logs {run_id}")
+    record = runs.wait_reporting(project, run_id, timeout_s=timeout_s, on_progress=on_progress,
+                                 timeout_note="cancelled")
     report = read_json(paths.result) or {}
     if record.state == "COMPLETED" and report.get("ok"):
         keys = ("outputs", "index", "timings", "peak_memory", "device", "dtype", "t5", "videos")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import json
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,7 @@ from opensora_core.training.config import TrainConfig
 from opensora_core.training.samples import REQUIRED_COLUMNS
 
 CONFIG_FILE = "train_config.json"
-PROGRESS_FILE = "progress.json"
+PROGRESS_FILE = runs.PROGRESS_FILE
 PRESET_PREFIX = "train-"
 #: Settings that hold paths: relative values are resolved where they were written (flags: the
 #: current directory; presets: the project folder).
@@ -367,17 +366,9 @@ def wait_for_train(project: Project, run_id: str, *, timeout_s: float | None = N
                    on_progress: ProgressFn | None = None) -> dict:
     """Wait for a training run (through requeues); the final step and checkpoints, or the job's error."""
     paths = RunPaths(project.registry.run_dir(run_id))
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    while True:
-        record = runs.wait(project, run_id, timeout=1.0)
-        if on_progress is not None:
-            on_progress(read_json(paths.root / PROGRESS_FILE) or {"stage": record.state.lower()})
-        if record.terminal:
-            break
-        if deadline is not None and time.monotonic() > deadline:
-            runs.cancel(project, run_id)
-            raise JobFailed(f"run {run_id} did not finish within {timeout_s:g}s; cancelled (its checkpoints stay)",
-                            hint=f"clusterkit train --resume {run_id}")
+    record = runs.wait_reporting(project, run_id, timeout_s=timeout_s, on_progress=on_progress,
+                                 timeout_note="cancelled (its checkpoints stay)",
+                                 timeout_hint=f"clusterkit train --resume {run_id}")
     report = read_json(paths.result) or {}
     if record.state == "COMPLETED" and report.get("ok"):
         keys = ("step", "stopped", "checkpoints", "latest_checkpoint", "export", "metrics", "attempts",

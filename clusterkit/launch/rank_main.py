@@ -8,7 +8,6 @@ It sends the rank's stdout/stderr (Python and C level, so NCCL's own prints too)
 
 from __future__ import annotations
 
-import json
 import os
 import runpy
 import socket

@@ -184,3 +184,25 @@ def _record(row: tuple) -> RunRecord:
         job_ids=tuple(json.loads(row[4])), state=row[5], run_dir=Path(row[6]),
         created_at=row[7], updated_at=row[8], summary=row[9],
     )
+
+
+def record_job_failure(exc: BaseException, *, tag: str, rank: int, result_path, log_hint: str) -> int:
+    """What a job entry does when it fails: say why in the rank log, let rank 0 write the error
+    as the run's result (so `submit`/`train --wait` can show it), and return the exit code.
+    A ClusterkitError is the user's to fix (its own message and code); anything else is a bug or
+    an environment problem, whose traceback stays in the rank log."""
+    import traceback
+
+    from clusterkit.errors import ClusterkitError
+
+    if isinstance(exc, ClusterkitError):
+        print(f"[{tag}] error: {exc.message}" + (f"\n[{tag}] hint: {exc.hint}" if exc.hint else ""), flush=True)
+        error, code = exc.to_dict(), exc.exit_code
+    else:
+        traceback.print_exception(exc)
+        error = {"type": type(exc).__name__, "kind": "internal_error", "message": f"{type(exc).__name__}: {exc}",
+                 "hint": log_hint}
+        code = 1
+    if rank == 0 and result_path is not None:
+        atomic_write_json(Path(result_path), {"ok": False, "error": error})
+    return code

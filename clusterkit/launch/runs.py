@@ -136,6 +136,29 @@ def wait(project: Project, run_id: str, timeout: float | None = None, poll: floa
         poll = min(poll * 1.5, 5.0)
 
 
+PROGRESS_FILE = "progress.json"  # what a job's rank 0 says it is doing (stage, step, ...)
+
+
+def wait_reporting(project: Project, run_id: str, *, timeout_s: float | None, on_progress=None,
+                   timeout_note: str = "cancelled", timeout_hint: str | None = None) -> RunRecord:
+    """Wait for a run to end, passing its progress file to ``on_progress`` about once a second;
+    past ``timeout_s`` the run is cancelled and JobFailed raised."""
+    from clusterkit.errors import JobFailed
+
+    progress = RunPaths(project.registry.run_dir(run_id)).root / PROGRESS_FILE
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        record = wait(project, run_id, timeout=1.0)
+        if on_progress is not None:
+            on_progress(read_json(progress) or {"stage": record.state.lower()})
+        if record.terminal:
+            return record
+        if deadline is not None and time.monotonic() > deadline:
+            cancel(project, run_id)
+            raise JobFailed(f"run {run_id} did not finish within {timeout_s:g}s; {timeout_note}",
+                            hint=timeout_hint or f"clusterkit logs {run_id}")
+
+
 def cancel(project: Project, run_id: str) -> RunRecord:
     record = project.registry.get(run_id)
     [record] = refresh(project, [record])

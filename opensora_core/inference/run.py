@@ -20,13 +20,12 @@ import os
 import sys
 import tempfile
 import time
-import traceback
 from pathlib import Path
 
 import torch
 
-from clusterkit.errors import ClusterkitError, UserError
-from clusterkit.launch.records import atomic_write_json
+from clusterkit.errors import UserError
+from clusterkit.launch.records import atomic_write_json, record_job_failure
 from opensora_core.dtypes import torch_dtype
 from opensora_core.inference.models import load_models, save_random_checkpoint
 from opensora_core.inference.pipeline import StageClock, generate
@@ -194,18 +193,9 @@ def main(argv: list[str] | None = None) -> int:
             import torch.distributed as dist
 
             dist.destroy_process_group()
-    except ClusterkitError as exc:
-        print(f"[infer] error: {exc.message}" + (f"\n[infer] hint: {exc.hint}" if exc.hint else ""), flush=True)
-        if rank == 0:
-            atomic_write_json(ns.result, {"ok": False, "error": exc.to_dict()})
-        return exc.exit_code
-    except Exception as exc:  # a bug or an environment problem: keep the traceback in the rank log
-        traceback.print_exc()
-        if rank == 0:
-            atomic_write_json(ns.result, {"ok": False, "error": {
-                "type": type(exc).__name__, "kind": "internal_error", "message": f"{type(exc).__name__}: {exc}",
-                "hint": "see the rank log (clusterkit logs RUN)"}})
-        return 1
+    except Exception as exc:  # noqa: BLE001 - every failure becomes the run's result
+        return record_job_failure(exc, tag="infer", rank=rank, result_path=ns.result,
+                                  log_hint="see the rank log (clusterkit logs RUN)")
     if rank == 0:
         atomic_write_json(ns.result, result)
         print(f"[infer] done: {len(result['outputs'])} file(s) in {result['output_dir']}", flush=True)

@@ -20,11 +20,9 @@ import json
 import os
 import signal
 import sys
-import traceback
 from pathlib import Path
 
-from clusterkit.errors import ClusterkitError
-from clusterkit.launch.records import atomic_write_json
+from clusterkit.launch.records import atomic_write_json, record_job_failure
 
 from .config import TrainConfig
 
@@ -84,18 +82,9 @@ def main(argv: list[str] | None = None) -> int:
         trainer.build()
         trainer.resume()
         result = trainer.train()
-    except ClusterkitError as exc:
-        print(f"[train] error: {exc.message}" + (f"\n[train] hint: {exc.hint}" if exc.hint else ""), flush=True)
-        if rank == 0:
-            atomic_write_json(ns.result, {"ok": False, "error": exc.to_dict()})
-        return exc.exit_code
-    except Exception as exc:  # a bug or an environment problem: keep the traceback in the rank log
-        traceback.print_exc()
-        if rank == 0:
-            atomic_write_json(ns.result, {"ok": False, "error": {
-                "type": type(exc).__name__, "kind": "internal_error", "message": f"{type(exc).__name__}: {exc}",
-                "hint": "see the rank logs (clusterkit logs RUN)"}})
-        return 1
+    except Exception as exc:  # noqa: BLE001 - every failure becomes the run's result
+        return record_job_failure(exc, tag="train", rank=rank, result_path=ns.result,
+                                  log_hint="see the rank logs (clusterkit logs RUN)")
     if rank == 0:
         atomic_write_json(ns.result, result)
         print(f"[train] done: step {result['step']} ({result['stopped']}); {len(result['checkpoints'])} "
