@@ -471,7 +471,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     as_json = "--json" in argv
     debug = "--debug" in argv
-    command = " ".join(a for a in argv[:2] if not a.startswith("-")) or "clusterkit"
     try:
         code = app(args=argv, prog_name="clusterkit", standalone_mode=False)
         return code if isinstance(code, int) else 0
@@ -479,14 +478,15 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 130
     except TyperException as exc:  # typer's (vendored click) usage errors: bad flags, missing arguments
         code = getattr(exc, "exit_code", EXIT_USER_ERROR)
-        return _fail(command, "usage_error", exc.format_message(), None, code, as_json, getattr(exc, "ctx", None))
+        message = exc.format_message()
+        return _fail(_command_path(argv), "usage_error", message, None, code, as_json, getattr(exc, "ctx", None))
     except ClusterkitError as exc:
         if debug:
             import traceback
 
             traceback.print_exc()
         if as_json:
-            print_json(envelope(command, False, None, exc.to_dict()))
+            print_json(envelope(_command_path(argv), False, None, exc.to_dict()))
         else:
             err = console(stderr=True)
             from rich.markup import escape
@@ -500,8 +500,30 @@ def main(argv: Optional[list[str]] = None) -> int:
     except Exception as exc:  # a bug: say so plainly, keep the traceback one flag away
         if debug:
             raise
-        return _fail(command, "internal_error", f"{type(exc).__name__}: {exc}",
+        return _fail(_command_path(argv), "internal_error", f"{type(exc).__name__}: {exc}",
                      "this is a clusterkit bug; rerun with --debug for the traceback", EXIT_FAILED, as_json, None)
+
+
+def _command_path(argv: list[str]) -> str:
+    """The command words of ``argv`` ("submit infer", "logs"), skipping options and their values, so
+    the JSON envelope names the command even when it fails before the command parses."""
+    group = typer.main.get_command(app)
+    words: list[str] = []
+    tokens = iter(argv)
+    for token in tokens:
+        if token == "--":
+            break
+        if token.startswith("-"):
+            option = next((p for p in group.params if token.split("=")[0] in getattr(p, "opts", ())), None)
+            if option is not None and not getattr(option, "is_flag", True) and "=" not in token:
+                next(tokens, None)  # the option's value
+            continue
+        sub = getattr(group, "commands", {}).get(token)
+        if sub is None:
+            break
+        words.append(token)
+        group = sub
+    return " ".join(words) or "clusterkit"
 
 
 def _fail(command: str, kind: str, message: str, hint: Optional[str], code: int, as_json: bool, ctx) -> int:

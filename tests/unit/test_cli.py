@@ -120,3 +120,16 @@ def test_help_lists_the_commands(tmp_path):
     assert proc.returncode == 0
     for command in ("nodes", "status", "logs", "cancel", "runs", "diagnose"):
         assert command in proc.stdout
+
+
+@pytest.mark.parametrize("args, command", [
+    (["--json", "--inventory", str(ROOT / "nodes.yaml"), "logs", "no-such-run"], "logs"),
+    (["--json", "submit", "infer", "--frames", "9q", "--res", "144p", "--prompt", "x"], "submit infer"),
+    (["--json", "runs", "plot", "no-such-run"], "runs plot"),
+    (["--json", "--inventory=/nonexistent.yaml", "plan", "--res", "144p", "--frames", "2s"], "plan"),
+    (["--json", "no-such-command"], "clusterkit"),
+])
+def test_error_envelope_names_the_command(tmp_path, args, command):
+    """Errors raised before or while the command parses still name it (global options skipped)."""
+    data = envelope(run(*args, runs_dir=tmp_path))
+    assert not data["ok"] and data["command"] == command
