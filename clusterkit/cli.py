@@ -245,7 +245,14 @@ def logs(ctx: typer.Context, run: str = typer.Argument(..., help="Run id (or uni
                 sys.stdout.write(f"{path.stem}| {line}\n")
                 sys.stdout.flush()
         return
-    files = [p for p in runs_api.log_files(record) if wanted(p)]
+    every = runs_api.log_files(record)
+    files = [p for p in every if wanted(p)]
+    rank_logs = sorted(int(p.stem.split("-")[1]) for p in every if p.name.startswith("rank-"))
+    if rank is not None and not files and rank_logs:
+        from clusterkit.errors import InvalidChoice
+
+        raise InvalidChoice("--rank", rank, [str(r) for r in rank_logs], suggestion=None,
+                            hint=f"run {record.run_id} has {len(rank_logs)} rank log(s)")
     contents = {}
     for path in files:
         lines = path.read_text(errors="replace").splitlines()

@@ -133,3 +133,22 @@ def test_error_envelope_names_the_command(tmp_path, args, command):
     """Errors raised before or while the command parses still name it (global options skipped)."""
     data = envelope(run(*args, runs_dir=tmp_path))
     assert not data["ok"] and data["command"] == command
+
+
+def test_logs_of_a_rank_that_does_not_exist_names_the_ranks(tmp_path):
+    import time
+
+    from clusterkit.launch.records import Registry, RunRecord
+
+    registry = Registry(tmp_path)
+    run_dir = registry.run_dir("r1")
+    (run_dir / "logs").mkdir(parents=True)
+    for rank in (0, 1):
+        (run_dir / "logs" / f"rank-{rank:03d}.log").write_text(f"hello from rank {rank}\n")
+    now = time.time()
+    registry.add(RunRecord(run_id="r1", kind="infer", executor="local", nodes=("worker-5",), job_ids=("local-1",),
+                           state="COMPLETED", run_dir=run_dir, created_at=now, updated_at=now))
+    proc = run("logs", "r1", "--rank", "7", runs_dir=tmp_path)
+    assert proc.returncode == 2 and "--rank 7 is not valid; valid choices: 0, 1" in proc.stderr
+    data = envelope(run("--json", "logs", "r1", "--rank", "1", runs_dir=tmp_path))
+    assert [lines for lines in data["result"]["files"].values()] == [["hello from rank 1"]]
