@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,20 +19,33 @@ from train_testing import losses, tiny_args, tiny_dataset, wait_for_step
 pytestmark = [pytest.mark.slurm, pytest.mark.integration]
 
 
+#: Seconds a requeued job stays held before the test releases it. slurmd refuses a batch launch whose
+#: credential is not newer than the requeue's revocation (one-second resolution): a job started again
+#: within the same second dies with "Job credential revoked" (FAILED, NonZeroExitCode). Slurm's own
+#: BeginTime hold is about two minutes; a few seconds are enough and keep the test short.
+RELEASE_AFTER_S = 5.0
+
+
 @contextmanager
 def prompt_requeues():
     """Slurm holds a requeued job about two minutes (BeginTime) before it may start again. While the
-    block runs, a thread lets any such job start at once (``scontrol update StartTime=now``), the way
-    an operator would; it changes when attempts start, nothing about what they do."""
+    block runs, a thread lets any such job start after ``RELEASE_AFTER_S`` (``scontrol update
+    StartTime=now``), the way an operator would; it changes when attempts start, nothing about what
+    they do."""
     stop = threading.Event()
 
     def release():
-        while not stop.wait(2.0):
+        held_since: dict[str, float] = {}
+        while not stop.wait(1.0):
             queue = subprocess.run(["squeue", "-h", "-t", "PD", "-o", "%i %r"], capture_output=True, text=True)
-            for line in queue.stdout.splitlines():
-                job_id, _, reason = line.partition(" ")
-                if reason.strip() == "BeginTime":
+            held = {job_id: reason.strip() for job_id, _, reason in
+                    (line.partition(" ") for line in queue.stdout.splitlines())}
+            now = time.monotonic()
+            held_since = {j: held_since.get(j, now) for j, reason in held.items() if reason == "BeginTime"}
+            for job_id, since in list(held_since.items()):
+                if now - since >= RELEASE_AFTER_S:
                     subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], capture_output=True)
+                    del held_since[job_id]
 
     thread = threading.Thread(target=release, daemon=True)
     thread.start()
