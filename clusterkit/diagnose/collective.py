@@ -43,6 +43,41 @@ def _check_sizes(sizes: str | None) -> None:
         raise UserError(f"--sizes {sizes!r}: {exc}; write a list like 8K,1M,64M or a range like 8K:1G")
 
 
+#: Ranks per simulated node when the local executor runs on a machine without a GPU (gloo on CPUs):
+#: enough to exercise every collective across ranks and nodes without oversubscribing the cores.
+CPU_RANKS_PER_NODE = 2
+
+
+def local_gpu_count() -> int:
+    """GPUs NVML sees on this machine (0 without a driver or nvidia-ml-py)."""
+    try:
+        import pynvml as nvml
+    except ImportError:
+        return 0
+    try:
+        nvml.nvmlInit()
+    except Exception:  # noqa: BLE001 - no driver, no library: no GPU here
+        return 0
+    try:
+        return int(nvml.nvmlDeviceGetCount())
+    except Exception:  # noqa: BLE001
+        return 0
+    finally:
+        try:
+            nvml.nvmlShutdown()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def default_ranks_per_node(inventory_gpus: int, executor: str, here_gpus: int) -> int:
+    """Ranks per node without --gpus-per-node: every GPU of the node on Slurm; with the local
+    executor every node runs on this machine, so its GPUs (or, without one, a couple of CPU ranks)
+    bound it."""
+    if executor != "local":
+        return inventory_gpus
+    return min(inventory_gpus, here_gpus if here_gpus else CPU_RANKS_PER_NODE)
+
+
 def build_spec(project: Project, *, nodes: str | None, gpus_per_node: int | None, executor: str,
                nccl_profile: str | None, env: dict[str, str] | None, timeout_s: float, sizes: str | None,
                ops: str | None, stall_rank: int | None = None) -> LaunchSpec:
@@ -66,10 +101,12 @@ def build_spec(project: Project, *, nodes: str | None, gpus_per_node: int | None
     args += ["--result", str(paths.result), "--heartbeat-dir", str(paths.heartbeats), "--timeout", f"{timeout_s:g}"]
     if stall_rank is not None:
         args += ["--stall-rank", str(stall_rank)]
+    chosen_executor = pick_executor(executor)
+    if gpus_per_node is None:
+        gpus_per_node = default_ranks_per_node(min(s.gpu_count for s in slots), chosen_executor, local_gpu_count())
     return LaunchSpec(
-        run_id=run_id, kind=preset.kind, nodes=slots,
-        gpus_per_node=gpus_per_node if gpus_per_node is not None else min(s.gpu_count for s in slots),
-        entry=preset.entry, args=tuple(args), executor=pick_executor(executor),
+        run_id=run_id, kind=preset.kind, nodes=slots, gpus_per_node=gpus_per_node,
+        entry=preset.entry, args=tuple(args), executor=chosen_executor,
         base_profile=preset.nccl_profile, nccl_profile=nccl_profile, env=dict(env or {}),
         time_limit_min=preset.time_limit_min, port_range=preset.port_range,
         rdzv_timeout_s=preset.rdzv_timeout_s, cpus_per_task=preset.cpus_per_task,

@@ -171,3 +171,30 @@ def test_recovered_ipv6_bind_fallback_is_not_a_port_clash():
     assert diagnose(logs_from_texts({"logs/node-worker-8.log": line + "\n"})).ok
     real = line.replace("Failed to bind to ipv6 address, trying ipv4. Error: ", "")
     assert match_line(real)[0].id == "R1"  # the same error without the fallback still is one
+
+
+@pytest.mark.parametrize("inventory_gpus, executor, here, ranks", [
+    (8, "slurm", 0, 8),  # on Slurm each node runs all of its own GPUs, whatever this machine has
+    (8, "local", 0, 2),  # local, no GPU here: a couple of gloo ranks per simulated node
+    (1, "local", 0, 1),  # never more ranks than the node has GPUs
+    (8, "local", 4, 4),  # local on a 4-GPU machine: its GPUs bound it
+    (2, "local", 4, 2),
+])
+def test_default_ranks_per_node_follow_where_the_ranks_run(inventory_gpus, executor, here, ranks):
+    from clusterkit.diagnose.collective import default_ranks_per_node
+
+    assert default_ranks_per_node(inventory_gpus, executor, here) == ranks
+
+
+def test_local_collective_check_without_gpus_runs_two_ranks_per_node(tmp_path, monkeypatch):
+    from clusterkit.diagnose import collective
+    from clusterkit.project import Project
+
+    monkeypatch.setattr(collective, "local_gpu_count", lambda: 0)  # this machine: no NVIDIA driver
+    project = Project.from_options(str(ROOT / "nodes.yaml"), {"CLUSTERKIT_RUNS_DIR": str(tmp_path / "runs")})
+    spec = collective.build_spec(project, nodes="worker-5,worker-8", gpus_per_node=None, executor="local",
+                                 nccl_profile=None, env=None, timeout_s=30, sizes=None, ops=None)
+    assert (spec.nproc_per_node, spec.world_size) == (2, 4)
+    pinned = collective.build_spec(project, nodes="worker-5", gpus_per_node=3, executor="local",
+                                   nccl_profile=None, env=None, timeout_s=30, sizes=None, ops=None)
+    assert pinned.nproc_per_node == 3
