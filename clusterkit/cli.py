@@ -290,7 +290,9 @@ def diagnose_nccl(
     ctx: typer.Context,
     nodes_opt: Optional[str] = typer.Option(None, "--nodes", help="Comma-separated node names, or 'all'."),
     node: Optional[str] = typer.Option(None, "--node", help="One node."),
-    gpus_per_node: Optional[int] = typer.Option(None, "--gpus-per-node", help="Ranks per node (default: all GPUs)."),
+    gpus_per_node: Optional[int] = typer.Option(
+        None, "--gpus-per-node",
+        help="Ranks per node (default: all its GPUs; local executor: this machine's GPUs, 2 CPU ranks without one)."),
     executor: str = EXECUTOR_OPT,
     nccl_profile: Optional[str] = typer.Option(None, "--nccl-profile", help="Profile from env/nccl.yaml (default: debug)."),
     env: list[str] = typer.Option([], "--env", metavar="KEY=VALUE", help="Extra environment (wins over profiles)."),
@@ -469,6 +471,8 @@ from clusterkit.cli_plan import register as _register_plan; _register_plan(app) 
 from clusterkit.cli_preflight import register as _register_preflight; _register_preflight(app)  # noqa: E402,E702
 from clusterkit.cli_submit import register as _register_submit; _register_submit(app)  # noqa: E402,E702
 from clusterkit.cli_train import register as _register_train; _register_train(app)  # noqa: E402,E702
+from clusterkit.cli_bench import register as _register_bench; _register_bench(app)  # noqa: E402,E702
+from clusterkit.cli_report import register as _register_report; _register_report(app)  # noqa: E402,E702
 
 
 # ---------------------------------------------------------------------------- error boundary

@@ -39,10 +39,14 @@ def plan_command(
     attention: Optional[str] = typer.Option(None, "--attention", help="Pin fused (FlashAttention-2) | unfused."),
     t5: Optional[str] = typer.Option(None, "--t5", help="Pin gpu-fp32 (upstream default) | gpu-bf16 | offload."),
     vae_micro_batch: Optional[int] = typer.Option(None, "--vae-micro-batch", help="Pin frames per VAE decode."),
+    model: str = typer.Option("opensora-v1.2", "--model", help="Preset whose `bench infer` calibrations scale "
+                              "the time (memory is always opensora-v1.2's): opensora-v1.2 | tiny."),
     json_flag: bool = JSON_OPT,
 ) -> None:
     """Predict memory and time of Open-Sora 1.2 on every node; say why a node cannot run it."""
+    from clusterkit.calibration import CalibrationStore
     from clusterkit.planner import PlanRequest, plan
+    from opensora_core.presets import get_preset
 
     state = get_state(ctx, json_flag)
     if node and nodes:
@@ -52,9 +56,12 @@ def plan_command(
         nodes=node or nodes or "all", objective=objective, gpus=gpus, sp=sp, cfg_parallel=cfg_parallel,
         dtype=dtype, attention=attention, t5=t5, vae_micro_batch=vae_micro_batch,
     )
-    result = plan(state.project().inventory, request)
+    preset = get_preset(model).name  # InvalidChoice naming the presets
+    project = state.project()
+    result = plan(project.inventory, request, CalibrationStore(project.runs_dir).all(preset))
     ok = result.best() is not None
-    emit("plan", result.to_dict(), lambda _: render_plan(result), as_json=state.json, ok=ok)
+    data = {**result.to_dict(), "calibration_preset": preset if task == "infer" else None}
+    emit("plan", data, lambda _: render_plan(result), as_json=state.json, ok=ok)
     if not ok:
         raise typer.Exit(EXIT_FAILED)
 
@@ -81,11 +88,29 @@ def render_plan(result) -> None:
     out.print(table)
     best = result.best()
     if best is not None:
-        out.print(f"best: [bold]{escape(best.name)}[/bold] ({best.chosen.seconds:.0f} {per[0]}, "
-                  f"{best.chosen.videos_per_hour:.1f} {per[1]})")
+        out.print(f"best: [bold]{escape(best.name)}[/bold] ({_seconds(best.seconds)} {per[0]}, "
+                  f"{best.videos_per_hour:.1f} {per[1]}{', calibrated' if best.calibration else ''})")
     else:
         out.print("[red]no selected node can run this[/red]")
+    _print_calibrations(out, result.nodes, per[0], escape)
     _print_details(out, result.nodes, escape)
+
+
+def _print_calibrations(out, nodes, unit: str, escape) -> None:
+    """One line per calibrated node (marked * in the table): the calibrated figure, the model's, and
+    the bench it comes from (run, when, device)."""
+    for node in nodes:
+        c = node.calibration
+        if c is None:
+            continue
+        if node.feasible:
+            model = node.chosen.seconds
+            figure = f"{node.seconds:.1f} {unit} (model {model:.1f}, x{node.seconds / model:.3g})"
+        else:
+            figure = "cannot run"
+        scope = "this node only" if c.scope == "node" else f"every {c.gpu_model} node"
+        out.print(f"* [bold]{escape(node.name)}[/bold] calibrated: {figure}; from {escape(c.source)} "
+                  f"[dim](applies to {escape(scope)})[/dim]")
 
 
 def _row(node, train: bool) -> list[str]:
@@ -102,8 +127,14 @@ def _row(node, train: bool) -> list[str]:
     if not node.feasible:
         return [escape(node.name), gpus, "-", precision, t5, f"[red]{memory}[/red]", "[red]no[/red]", "-"]
     layout = f"dp{c.layout.gpus}" if train else _layout(c.layout)
-    return [escape(node.name), gpus, layout, precision, t5, memory, f"{c.seconds:.0f}",
-            f"{c.videos_per_hour:.1f}"]
+    mark = "*" if node.calibration is not None else ""
+    return [escape(node.name) + mark, gpus, layout, precision, t5, memory, _seconds(node.seconds),
+            f"{node.videos_per_hour:.1f}"]
+
+
+def _seconds(seconds: float) -> str:
+    """Whole seconds, one decimal below 10 (a calibrated tiny run takes fractions of a second)."""
+    return f"{seconds:.0f}" if seconds >= 10 else f"{seconds:.1f}"
 
 
 def _layout(layout) -> str:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import typer
@@ -41,7 +42,7 @@ def infer_command(
                                   "block) | ulysses (4). See docs/parallelism.md."),
     seed: int = typer.Option(42, "--seed", help="Run seed; each video's seed derives from it, its prompt and sample."),
     steps: int = typer.Option(30, "--steps", help="Sampling steps."),
-    num_samples: int = typer.Option(1, "--num-samples", help="Videos per prompt."),
+    num_samples: int = typer.Option(1, "--num-samples", "--num-sample", help="Videos per prompt."),
     cfg_scale: float = typer.Option(7.0, "--cfg-scale", help="Classifier-free guidance scale."),
     fps: int = typer.Option(24, "--fps", help="Frame rate of the videos (and of the model's fps conditioning)."),
     executor: str = EXECUTOR_OPT,
@@ -52,6 +53,32 @@ def infer_command(
     timeout: Optional[float] = typer.Option(None, "--timeout", help="With --wait: cancel after this many seconds."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be submitted; submit nothing."),
     force: bool = typer.Option(False, "--force", help="Run even if the planner says it does not fit."),
+    refine: str = typer.Option("none", "--refine", help="Refine the prompts on this host before launching: none | "
+                               "template (offline) | command | http (docs/prompt-refinement.md)."),
+    refine_config: Optional[str] = typer.Option(
+        None, "--refine-config", help="Refine settings (template, command, http); default env/refine.yaml."),
+    reference_path: list[str] = typer.Option(
+        [], "--reference-path", help="Per prompt (repeat once per prompt, in order; \"\" for none): ';'-separated "
+        "reference images/videos. Or in the prompt: text{\"reference_path\": ..., \"mask_strategy\": ...}. "
+        "See docs/inference-modes.md."),
+    mask_strategy: list[str] = typer.Option(
+        [], "--mask-strategy", help="Per prompt, like --reference-path: ';'-separated groups loop_id,ref_index,"
+        "ref_start,target_start,length,edit_ratio (latent frames; e.g. 0 = image-to-video)."),
+    loop: int = typer.Option(1, "--loop", help="Clips per video; each later clip continues the previous one."),
+    condition_frame_length: int = typer.Option(
+        5, "--condition-frame-length", help="With --loop: latent frames of the previous clip each clip continues "
+        "(a multiple of 5; 5 latent = 17 video frames)."),
+    condition_frame_edit: float = typer.Option(
+        0.0, "--condition-frame-edit", help="With --loop: edit ratio of those frames (0 keeps them)."),
+    align: int = typer.Option(5, "--align", help="Mask-strategy starts snap to multiples of this many latent "
+                              "frames, as upstream (1: no snapping)."),
+    aes: float = typer.Option(6.5, "--aes", help="Aesthetic score appended to each prompt."),
+    flow: Optional[float] = typer.Option(None, "--flow", help="Motion score appended to each prompt."),
+    camera_motion: Optional[str] = typer.Option(
+        None, "--camera-motion", help="Camera motion appended to each prompt (e.g. 'pan left', 'zoom in')."),
+    batch_size: int = typer.Option(1, "--batch-size", help="Videos denoised together (speed only)."),
+    start_index: int = typer.Option(0, "--start-index", help="First prompt to run (file names keep the index)."),
+    end_index: Optional[int] = typer.Option(None, "--end-index", help="Stop before this prompt."),
     json_flag: bool = JSON_OPT,
 ) -> None:
     """Generate videos from text prompts with Open-Sora 1.2 (or the tiny random model)."""
@@ -61,6 +88,20 @@ def infer_command(
     state = get_state(ctx, json_flag)
     if node and nodes:
         raise UserError("give either --node (one run) or --nodes (a sweep over several nodes), not both")
+    options = dict(reference_paths=tuple(reference_path), mask_strategies=tuple(mask_strategy), loop=loop,
+                   condition_frame_length=condition_frame_length, condition_frame_edit=condition_frame_edit,
+                   align=align, aes=aes, flow=flow, camera_motion=camera_motion, batch_size=batch_size)
+    if nodes:
+        given = [flag for flag, value, default in (
+            ("--reference-path", reference_path, []), ("--mask-strategy", mask_strategy, []), ("--loop", loop, 1),
+            ("--condition-frame-length", condition_frame_length, 5),
+            ("--condition-frame-edit", condition_frame_edit, 0), ("--align", align, 5), ("--aes", aes, 6.5),
+            ("--flow", flow, None), ("--camera-motion", camera_motion, None),
+            ("--batch-size", batch_size, 1), ("--start-index", start_index, 0), ("--end-index", end_index, None),
+        ) if value != default]
+        if given:
+            raise UserError(f"{', '.join(given)} not supported with --nodes (a sweep) yet",
+                            hint="run them on one node (--node, or no --nodes)")
     progress = None if state.json or not wait or dry_run else _ProgressBar()
     common = dict(
         frames=frames, resolution=res, aspect_ratio=aspect_ratio, prompts=tuple(prompt), prompts_file=prompts_file,
@@ -73,11 +114,14 @@ def infer_command(
         if nodes:
             from clusterkit.sweep import submit_sweep
 
-            result = submit_sweep(state.project(), nodes=nodes, env=parse_env_assignments(env), **common)
+            result = submit_sweep(state.project(), nodes=nodes, env=parse_env_assignments(env), refine=refine,
+                                  refine_config=refine_config, environ=dict(os.environ), **common)
         else:
             from clusterkit.submit import submit_infer
 
-            result = submit_infer(state.project(), node=node, env=parse_env_assignments(env), **common)
+            result = submit_infer(state.project(), node=node, env=parse_env_assignments(env), refine=refine,
+                                  refine_config=refine_config, environ=dict(os.environ), start_index=start_index,
+                                  end_index=end_index, **options, **common)
     finally:
         if progress:
             progress.stop()
@@ -157,7 +201,21 @@ def _render_submitted(result: dict) -> None:
               f"VAE micro-batch {s['vae_micro_batch']}, seed {s['seed']}, {s['steps']} steps")
     for note in result["notes"]:
         out.print(f"[dim]note:[/dim] {escape(note)}")
+    _print_refinement(out, result.get("refine"))
     out.print(f"run folder: {result['run_dir']}")
+
+
+def _print_refinement(out, refine: dict | None) -> None:
+    """Each prompt as given and as refined (what the text encoder gets)."""
+    from rich.markup import escape
+
+    if not refine:
+        return
+    how = "reused from the sweep's manifest" if refine.get("reused") else f"in {refine['seconds']:.1f} s"
+    out.print(f"prompts refined by {escape(refine['via'])} ({how}):")
+    for index, pair in enumerate(refine["prompts"]):
+        out.print(f"  [dim]{index} prompt:[/dim]  {escape(pair['prompt'])}")
+        out.print(f"  [dim]{index} refined:[/dim] {escape(pair['refined_prompt'])}")
 
 
 def _render_sweep_submitted(result: dict) -> None:
@@ -168,6 +226,7 @@ def _render_sweep_submitted(result: dict) -> None:
     what = "dry run (nothing submitted)" if result["dry_run"] else f"sweep {result['sweep']}"
     out.print(f"{what}: {result['num_videos']} video(s), {result['already_done']} already done, "
               f"{result['to_make']} to make")
+    _print_refinement(out, result.get("refine"))
     for run in result["runs"]:
         seconds = run["seconds_per_video"]
         predicted = f", predicted {seconds:.0f} s/video per group (full model)" if seconds else ""

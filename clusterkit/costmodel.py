@@ -229,6 +229,20 @@ class Timing:
     def total(self) -> float:
         return self.text + self.dit + self.attention + self.comm + self.vae + self.fixed
 
+    @property
+    def denoising(self) -> float:
+        """The sampling loop: DiT compute, naive-attention traffic and collectives (every step)."""
+        return self.dit + self.attention + self.comm
+
+    def calibrated(self, ratios: dict) -> Timing:
+        """This timing scaled by measured / predicted per stage (``clusterkit bench infer``,
+        ``clusterkit.calibration``): ``text_s`` scales the text term, ``step_s`` the denoising terms
+        (DiT, attention traffic, collectives), ``decode_s`` the VAE decode and ``write_s`` the fixed
+        per-video term (set-up and writing the file)."""
+        step = ratios["step_s"]
+        return Timing(text=self.text * ratios["text_s"], dit=self.dit * step, attention=self.attention * step,
+                      comm=self.comm * step, vae=self.vae * ratios["decode_s"], fixed=self.fixed * ratios["write_s"])
+
 
 def dit_forward_flops(work: Workload, sp: int = 1) -> float:
     """Forward FLOPs of STDiT3 for one sample: 28·N·C·(56C + 4S + 4T + 8L) (performance_facts §3.2)."""

@@ -120,6 +120,13 @@ class JobFailed(ClusterkitError):
     kind = "job_failed"
 
 
+class RefineError(ClusterkitError):
+    """A prompt refiner (external command or HTTP endpoint) failed or answered nothing usable. The
+    message names the command or the endpoint, never a key or a command's arguments."""
+
+    kind = "refine_error"
+
+
 def did_you_mean(value: str, choices: Iterable[str]) -> str | None:
     """The closest choice to ``value`` (case-insensitive), or None when nothing is close."""
     import difflib

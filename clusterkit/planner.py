@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from clusterkit import costmodel as cm
+from clusterkit.calibration import Calibration, pick
 from clusterkit.errors import InvalidChoice, UserError
 from clusterkit.gpus import GPUSpec
 from opensora_core import geometry
@@ -237,6 +239,30 @@ class NodePlan:
     alternatives: tuple[Alternative, ...]
     options: tuple = ()  # (layout, rate, estimates) per layout: compact, shared by nodes with equal facts
     pins: dict = field(default_factory=dict)
+    calibration: Calibration | None = None
+    """The ``clusterkit bench infer`` calibration that speaks for this node (``calibration.pick``), or None."""
+
+    @property
+    def timing(self) -> cm.Timing | None:
+        """The planner's estimate of the chosen candidate: the cost model's, scaled by the calibration
+        when there is one. None when the node has no candidate."""
+        if self.chosen is None:
+            return None
+        if self.calibration is None:
+            return self.chosen.timing
+        return self.chosen.timing.calibrated(self.calibration.ratios)
+
+    @property
+    def seconds(self) -> float | None:
+        """Estimated seconds per video (per step of one sample when training) of the chosen candidate."""
+        return self.timing.total if self.chosen is not None else None
+
+    @property
+    def videos_per_hour(self) -> float:
+        """Estimated videos (training: samples) per hour of the chosen candidate on this node."""
+        if self.chosen is None:
+            return 0.0
+        return self.chosen.videos_per_hour * self.chosen.seconds / self.seconds
 
     @property
     def candidates(self) -> tuple[Candidate, ...]:
@@ -265,7 +291,30 @@ class NodePlan:
             },
             "reasons": list(self.reasons),
             "alternatives": [a.to_dict() for a in self.alternatives],
+            "estimate": self._estimate_dict(),
         }
+
+    def _estimate_dict(self) -> dict:
+        """``result.nodes[i].estimate``: the figure the planner ranks by, and where it comes from."""
+        feasible = self.chosen is not None and self.feasible
+        c = self.calibration
+        out = {
+            "seconds_per_video": round(self.seconds, 1) if feasible else None,
+            "videos_per_hour": round(self.videos_per_hour, 2) if feasible else 0.0,
+            "source": "calibrated" if c is not None else "model",
+            "calibration": None,
+        }
+        if c is not None:
+            out["calibration"] = {
+                "source": c.source, "run_id": c.run_id, "when": c.when, "created_at": c.created_at,
+                "preset": c.preset, "scope": c.scope, "bench_node": c.node, "gpu_model": c.gpu_model,
+                "device": c.device, "device_name": c.device_name, "host": c.host, "executor": c.executor,
+                "measured": dict(c.measured), "model": {k: round(v, 6) for k, v in c.predicted.items()},
+                "ratios": {k: round(v, 4) for k, v in c.ratios.items()},
+                "factor": round(self.seconds / self.chosen.seconds, 4) if feasible else None,
+                "bench": dict(c.bench),
+            }
+        return out
 
 
 @dataclass(frozen=True)
@@ -284,7 +333,7 @@ class Plan:
         feasible = [n for n in self.nodes if n.feasible]
         if not feasible:
             return None
-        return min(feasible, key=lambda n: _objective_value(n.chosen, self.request.objective))
+        return min(feasible, key=lambda n: _objective_value(n, self.request.objective))
 
     def to_dict(self) -> dict:
         best = self.best()
@@ -305,8 +354,11 @@ class NodeFacts:
     fabric_note: str | None = None
 
 
-def plan(inventory, request: PlanRequest) -> Plan:
-    """Plan ``request`` on the nodes it selects from ``inventory``. Pure; no I/O."""
+def plan(inventory, request: PlanRequest, calibrations: Sequence[Calibration] = ()) -> Plan:
+    """Plan ``request`` on the nodes it selects from ``inventory``. Pure; no I/O. ``calibrations``
+    (``clusterkit bench infer`` records of the preset planned for, ``clusterkit.calibration``) scale
+    the estimate of each inference node they speak for (``calibration.pick``); training ignores them."""
+    calibrations = tuple(calibrations) if request.task == "infer" else ()
     work = cm.Workload.of(request.task, request.num_frames, request.height, request.width, request.steps)
     estimates = _Estimates()
     verdicts: dict[NodeFacts, tuple] = {}
@@ -319,7 +371,8 @@ def plan(inventory, request: PlanRequest) -> Plan:
         facts = node_facts(node, specs[node.gpu.model])
         if facts not in verdicts:
             verdicts[facts] = _plan_node(facts, request, work, estimates)
-        nodes.append(NodePlan(node.name, facts.gpu, facts.count, *verdicts[facts], pins=pins))
+        nodes.append(NodePlan(node.name, facts.gpu, facts.count, *verdicts[facts], pins=pins,
+                              calibration=pick(calibrations, node.name, facts.gpu.key)))
     return Plan(request, tuple(nodes))
 
 
@@ -558,8 +611,9 @@ def _pick(options, objective: str, usable_gib: float) -> tuple[Layout, float, _E
                key=lambda option: (option[2].memory.peak > comfortable, option[0].gpus, value(option)))
 
 
-def _objective_value(candidate: Candidate, objective: str) -> float:
-    return candidate.seconds if objective == "latency" else -candidate.videos_per_hour
+def _objective_value(node: NodePlan, objective: str) -> float:
+    """Smaller is better: estimated seconds per video, or minus videos per hour."""
+    return node.seconds if objective == "latency" else -node.videos_per_hour
 
 
 def _notes(facts: NodeFacts, chosen: Candidate, request: PlanRequest) -> tuple[str, ...]:

@@ -21,7 +21,7 @@ layouts. ``--nodes`` (a prompt sweep over several nodes) is ``clusterkit.sweep``
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,7 +59,8 @@ class Choice:
     notes: tuple[str, ...]
     layout: ParallelLayout = ParallelLayout()
     seconds: float | None = None
-    """Predicted seconds per video of one replica group (the full model's; None when unknown)."""
+    """Predicted seconds per video of one replica group (the full model's, scaled by a `bench infer`
+    calibration where one applies; None when unknown)."""
 
 
 @dataclass(frozen=True)
@@ -118,21 +119,39 @@ def submit_infer(
     timeout_s: float | None = None,
     on_progress: ProgressFn | None = None,
     on_submitted: Callable[[dict], None] | None = None,
+    refine: str = "none",
+    refine_config: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    start_index: int = 0,
+    end_index: int | None = None,
+    **options,
 ) -> dict:
     """Validate, plan, launch; with ``wait`` also the outputs. Every input error is raised before
     anything is written or submitted. ``on_submitted(result)`` runs once the job is submitted and
-    before waiting; ``on_progress(event)`` on every poll while waiting (the job's progress.json)."""
+    before waiting; ``on_progress(event)`` on every poll while waiting (the job's progress.json).
+    ``refine`` (none|template|command|http, settings from ``refine_config`` or env/refine.yaml, keys
+    from ``environ``) refines the prompts here, once, after every other check (``clusterkit.refine``).
+    ``start_index`` / ``end_index`` take a slice of the prompts (file names keep their index);
+    ``options`` are more ``InferRequest`` fields (``CONDITIONING_OPTIONS``: references, mask
+    strategies, loops, scores, batch size; docs/inference-modes.md). Every reference is opened
+    here, and its path made absolute, before anything is planned or written."""
     preset = get_preset(model)
     pins = LayoutPins(gpus, sp, cfg_parallel, sp_scheme)
     pins.check(preset.stdit3_config.get("num_heads", 16))  # before anything is read, planned or written
-    prompt_list = _prompts(prompts, prompts_file)
+    refiner = _refiner(project, refine, refine_config, environ)
+    prompt_list = slice_prompts(_prompts(prompts, prompts_file), start_index, end_index)
+    unknown = sorted(set(options) - set(CONDITIONING_OPTIONS))
+    if unknown:
+        raise TypeError(f"submit_infer: unknown options {unknown}")
     if ckpt_dir is not None:
         checkpoint_paths(ckpt_dir)  # the layout, from file names: missing components fail here
         ckpt_dir = str(Path(ckpt_dir).expanduser().resolve())
     draft = InferRequest(prompts=prompt_list, frames=frames, resolution=resolution, aspect_ratio=aspect_ratio,
                          model=model, ckpt_dir=ckpt_dir, seed=seed, steps=steps, num_samples=num_samples,
-                         cfg_scale=cfg_scale, fps=fps)
+                         cfg_scale=cfg_scale, fps=fps, start_index=start_index, **options)
+    draft = draft.with_absolute_references()  # missing / unreadable references fail here, on this host
     choice = choose_settings(project, draft, node=node, force=force, pins=pins)
+    refinement = _refine(draft.prompts, refiner)
     job = load_preset(project.jobs_dir, PRESET)
     run_id = new_run_id(job.kind)
     paths = RunPaths(project.registry.run_dir(run_id))
@@ -140,9 +159,11 @@ def submit_infer(
     if output_dir.exists() and not output_dir.is_dir():
         raise UserError(f"--output {str(output_dir)!r} is a file, not a folder")
     layout = choice.layout
-    request = InferRequest(**{**draft.to_dict(), "prompts": prompt_list, **choice.settings, "name": run_id,
+    request = InferRequest(**{**draft.to_dict(), **choice.settings, "name": run_id,
                               "output_dir": str(output_dir), "notes": choice.notes, "node": choice.node,
-                              "sp": layout.sp, "cfg_parallel": layout.cfg_enabled, "sp_scheme": layout.sp_scheme})
+                              "sp": layout.sp, "cfg_parallel": layout.cfg_enabled, "sp_scheme": layout.sp_scheme,
+                              "refined_prompts": refinement.prompts if refinement else None,
+                              "refiner": refinement.refiner if refinement else None})
     spec = LaunchSpec(
         run_id=run_id, kind=job.kind, nodes=node_slots(project.inventory, choice.node),
         gpus_per_node=layout.world_size,
@@ -155,7 +176,7 @@ def submit_infer(
     )
     files = {
         REQUEST_FILE: json.dumps(request.settings(), indent=2, ensure_ascii=False) + "\n",
-        PROMPTS_FILE: json.dumps(list(request.prompts), indent=2, ensure_ascii=False) + "\n",
+        PROMPTS_FILE: json.dumps(request.prompts_json(), indent=2, ensure_ascii=False) + "\n",
     }
     submitted = runs.launch(project, spec, dry_run=dry_run, files=files)
     result = {
@@ -172,6 +193,8 @@ def submit_infer(
         "num_videos": len(request.videos()),
         "output_dir": str(output_dir),
         "expected_outputs": [str(output_dir / v.filename) for v in request.videos()],
+        "refine": refinement.to_dict(request.prompts) if refinement else None,
+        "request": request.to_dict(),  # what request.json + prompts.json hold (``InferRequest.from_dict``)
     }
     if dry_run or not wait:
         return result
@@ -200,12 +223,15 @@ def choose_settings(project: Project, request: InferRequest, *, node: str | None
         gpus=fixed.world_size if tiny else pins.gpus, sp=fixed.sp if tiny else pins.sp,
         cfg_parallel=fixed.cfg_enabled if tiny else pins.cfg_parallel, steps=request.steps,
     )
-    the_plan = plan(project.inventory, plan_request)
+    from clusterkit.calibration import CalibrationStore
+
+    # `clusterkit bench infer` calibrations of this preset rank the nodes as `clusterkit plan` does
+    the_plan = plan(project.inventory, plan_request, CalibrationStore(project.runs_dir).all(request.model))
     if tiny:
         try:
             best = choose(the_plan, node) if node else choose(the_plan)
             name, why, seconds = best.name, "--node" if node else "the planner's best node for this video size", \
-                best.chosen.seconds
+                best.seconds
         except UserError:
             name = node or project.inventory.nodes[0].name
             why = "--node" if node else "the first node: no node fits the full-size model"
@@ -235,7 +261,7 @@ def choose_settings(project: Project, request: InferRequest, *, node: str | None
         settings["t5_device"], settings["t5_dtype"] = "gpu", "bf16" if settings["dtype"] == "bf16" else "fp32"
     layout = _planned_layout(chosen, pins, request.num_heads)
     return Choice(chosen.name, {k: v for k, v in settings.items() if v is not None}, plan_dict, tuple(notes),
-                  layout, chosen.chosen.seconds if chosen.chosen else None)
+                  layout, chosen.seconds)
 
 
 def _planned_layout(node_plan, pins: LayoutPins, num_heads: int) -> ParallelLayout:
@@ -278,6 +304,40 @@ def wait_for_infer(
         raise UserError(f"run {run_id} stopped before generating: {error['message']}", hint=error.get("hint") or logs)
     detail = error["message"] if error else f"the job ended {record.state} without a result"
     raise JobFailed(f"run {run_id} failed: {detail}", hint=logs + (f" ({record.summary})" if record.summary else ""))
+
+
+def _refiner(project: Project, method: str, config: str | None, environ: Mapping[str, str] | None):
+    """The refiner of ``--refine`` (None for none), its config and key checked; nothing runs yet."""
+    if method == "none" and config is None:
+        return None
+    from clusterkit.refine import build_refiner, find_refine_config
+
+    return build_refiner(method, find_refine_config(project.env_dir, config), environ or {})
+
+
+def _refine(prompts: tuple[str, ...], refiner):
+    if refiner is None:
+        return None
+    from clusterkit.refine import refine_prompts
+
+    return refine_prompts(prompts, refiner)
+
+
+#: ``InferRequest`` fields ``submit_infer`` takes as keyword options (docs/inference-modes.md).
+CONDITIONING_OPTIONS = ("reference_paths", "mask_strategies", "loop", "condition_frame_length",
+                        "condition_frame_edit", "align", "aes", "flow", "camera_motion", "batch_size")
+
+
+def slice_prompts(prompts: tuple[str, ...], start: int = 0, end: int | None = None) -> tuple[str, ...]:
+    """``prompts[start:end]`` as upstream's ``--start-index`` / ``--end-index``; a slice that is empty
+    or reaches past the list is an error naming the count."""
+    count = len(prompts)
+    if isinstance(start, bool) or not isinstance(start, int) or not 0 <= start < count:
+        raise UserError(f"--start-index {start!r} must be an integer in 0..{count - 1} ({count} prompt(s))")
+    if end is not None and (isinstance(end, bool) or not isinstance(end, int) or not start < end <= count):
+        raise UserError(f"--end-index {end!r} must be an integer in {start + 1}..{count} "
+                        f"(after --start-index {start}; {count} prompt(s))")
+    return prompts[start:end]
 
 
 def _prompts(prompts: tuple[str, ...], prompts_file: str | None) -> tuple[str, ...]:

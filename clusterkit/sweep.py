@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +35,8 @@ from clusterkit.launch.records import atomic_write_json, new_run_id, read_json
 from clusterkit.launch.render import RunPaths
 from clusterkit.launch.spec import LaunchSpec, node_slots
 from clusterkit.project import Project
-from clusterkit.submit import PRESET, PROMPTS_FILE, REQUEST_FILE, LayoutPins, _prompts, _warnings, choose_settings
+from clusterkit.submit import (PRESET, PROMPTS_FILE, REQUEST_FILE, LayoutPins, _prompts, _refine, _refiner, _warnings,
+                               choose_settings)
 from opensora_core.inference import records
 from opensora_core.inference.request import InferRequest, VideoItem
 from opensora_core.parallel.layout import DEFAULT_SP_SCHEME
@@ -71,10 +72,12 @@ def split_videos(videos: list, groups: list[Group]) -> dict[str, list]:
     return out
 
 
-def sweep_id(request: InferRequest) -> str:
-    """``sweep-<12 hex>`` from the settings that decide the videos and the prompts, in order."""
-    identity = {key: getattr(request, key) for key in IDENTITY}
-    identity["prompts"] = list(request.prompts)
+def sweep_id(request: InferRequest, refiner: str | None = None) -> str:
+    """``sweep-<12 hex>`` from the settings that decide the videos and the prompts, in order; with
+    ``--refine``, also from the refiner's name (``refiner``, else the request's)."""
+    identity = _identity(request)
+    if refiner is not None:
+        identity["refiner"] = refiner
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
     return f"sweep-{digest[:12]}"
 
@@ -109,12 +112,18 @@ def submit_sweep(
     timeout_s: float | None = None,
     on_progress: Callable[[dict], None] | None = None,
     on_submitted: Callable[[dict], None] | None = None,
+    refine: str = "none",
+    refine_config: str | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> dict:
     """Plan, split and submit the videos of a sweep still missing from its output folder (see the
-    module docstring). Every input error is raised before anything is written or submitted."""
+    module docstring). Every input error is raised before anything is written or submitted.
+    ``refine`` (as ``submit_infer``'s) refines the prompts once, before the split; a resumed sweep
+    reuses the refined prompts its manifest holds, so every video of a sweep has the same ones."""
     preset = get_preset(model)
     pins = LayoutPins(gpus, sp, cfg_parallel, sp_scheme)
     pins.check(preset.stdit3_config.get("num_heads", 16))
+    refiner = _refiner(project, refine, refine_config, environ)
     names = [n.name for n in project.inventory.select(nodes)]  # unknown names: an error with the valid ones
     prompt_list = _prompts(prompts, prompts_file)
     if ckpt_dir is not None:
@@ -123,18 +132,21 @@ def submit_sweep(
     draft = InferRequest(prompts=prompt_list, frames=frames, resolution=resolution, aspect_ratio=aspect_ratio,
                          model=model, ckpt_dir=ckpt_dir, seed=seed, steps=steps, num_samples=num_samples,
                          cfg_scale=cfg_scale, fps=fps)
-    sweep = sweep_id(draft)
+    if draft.conditioned:  # a prompt's {"reference_path": ...} suffix (docs/inference-modes.md)
+        raise UserError("reference_path / mask_strategy in a prompt are not supported with --nodes (a sweep) yet",
+                        hint="run those prompts on one node (--node, or no --nodes)")
+    sweep = sweep_id(draft, refiner.name if refiner else None)
     draft = InferRequest(**{**draft.to_dict(), "name": sweep})
     output_dir = Path(output).expanduser().resolve() if output else project.runs_dir / "sweeps" / sweep
     if output_dir.exists() and not output_dir.is_dir():
         raise UserError(f"--output {str(output_dir)!r} is a file, not a folder")
-    manifest = _check_manifest(project, output_dir, sweep, draft)
+    manifest = _check_manifest(project, output_dir, sweep, draft, refiner.name if refiner else None)
     done = records.completed(output_dir)
     todo = [v for v in draft.videos() if v.filename not in done]
     result = {"sweep": sweep, "output_dir": str(output_dir), "model": preset.name, "dry_run": dry_run,
               "random_weights": draft.random_weights, "warnings": _warnings(draft, preset),
               "num_videos": len(draft.videos()), "already_done": len(draft.videos()) - len(todo),
-              "to_make": len(todo), "runs": [], "skipped": {}, "unused": []}
+              "to_make": len(todo), "runs": [], "skipped": {}, "unused": [], "refine": None}
     if not todo:
         if not dry_run:
             result["index"] = str(output_dir / records.INDEX)
@@ -145,6 +157,13 @@ def submit_sweep(
     if not plans:
         raise UserError(f"no node of {nodes} can run this sweep: "
                         + "; ".join(f"{n}: {why}" for n, why in result["skipped"].items()))
+    refinement = _sweep_refinement(manifest, draft, refiner) if refiner else None  # after every check, before the split
+    if refinement is not None:
+        draft = InferRequest(**{**draft.to_dict(), "refined_prompts": tuple(refinement["prompts"]),
+                                "refiner": refinement["refiner"]})
+        todo = [v for v in draft.videos() if v.filename not in done]
+        result["refine"] = {**refinement, "prompts": [{"prompt": p, "refined_prompt": r}
+                                                      for p, r in zip(draft.prompts, refinement["prompts"])]}
     groups = [Group(name, choice.seconds or 1.0) for name, choice in plans.items()
               for _ in range(choice.layout.replicas)]
     shares = split_videos(todo, groups)
@@ -171,7 +190,7 @@ def submit_sweep(
         )
         files = {
             REQUEST_FILE: json.dumps(request.settings(), indent=2, ensure_ascii=False) + "\n",
-            PROMPTS_FILE: json.dumps(list(request.prompts), indent=2, ensure_ascii=False) + "\n",
+            PROMPTS_FILE: json.dumps(request.prompts_json(), indent=2, ensure_ascii=False) + "\n",
         }
         launches.append((spec, files, {"run_id": run_id, "node": name, "layout": layout.to_dict(),
                                        "describe": layout.describe(), "seconds_per_video": choice.seconds,
@@ -181,7 +200,7 @@ def submit_sweep(
         result["runs"].append({**row, "job_ids": submitted["job_ids"], "executor": submitted["executor"],
                                "run_dir": submitted["run_dir"]})
         if not dry_run:
-            _save_manifest(output_dir, manifest, draft, sweep, result["runs"][-1:])
+            _save_manifest(output_dir, manifest, draft, sweep, result["runs"][-1:], refinement)
             manifest = read_json(output_dir / records.MANIFEST)
     if dry_run or not wait:
         return result
@@ -240,7 +259,8 @@ def _plan_nodes(project: Project, draft: InferRequest, names: list[str], pins: L
     return plans, skipped
 
 
-def _check_manifest(project: Project, output_dir: Path, sweep: str, draft: InferRequest) -> dict | None:
+def _check_manifest(project: Project, output_dir: Path, sweep: str, draft: InferRequest,
+                    refiner: str | None = None) -> dict | None:
     """The folder's manifest; refuses another sweep's folder and a sweep whose jobs still run."""
     manifest = read_json(output_dir / records.MANIFEST)
     if manifest is None:
@@ -250,7 +270,8 @@ def _check_manifest(project: Project, output_dir: Path, sweep: str, draft: Infer
         return None
     if manifest.get("sweep") != sweep:
         old = manifest.get("settings", {})
-        changed = sorted(k for k in (*IDENTITY, "prompts") if old.get(k) != _identity(draft).get(k))
+        new = {**_identity(draft), **({"refiner": refiner} if refiner else {})}
+        changed = sorted(k for k in (*IDENTITY, "prompts", "refiner") if old.get(k) != new.get(k))
         raise UserError(f"{str(output_dir)!r} holds sweep {manifest.get('sweep')}, made with other settings "
                         f"({', '.join(changed) or 'prompts'} differ)",
                         hint="use the same settings and prompts to resume it, or another --output")
@@ -270,22 +291,46 @@ def _check_manifest(project: Project, output_dir: Path, sweep: str, draft: Infer
     return manifest
 
 
-def _save_manifest(output_dir: Path, manifest: dict | None, draft: InferRequest, sweep: str, new_runs: list) -> None:
+def _save_manifest(output_dir: Path, manifest: dict | None, draft: InferRequest, sweep: str, new_runs: list,
+                   refinement: dict | None = None) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
     manifest = manifest or {"schema": MANIFEST_SCHEMA, "sweep": sweep, "settings": _identity(draft),
                             "videos": [_video(v) for v in draft.videos()], "runs": []}
+    if refinement is not None and "refine" not in manifest:
+        manifest["refine"] = {k: refinement[k] for k in ("refiner", "via", "prompts")}
     manifest["runs"] = [*manifest["runs"], *({k: v for k, v in row.items() if k != "videos"} | {
         "videos": row["videos"], "submitted_at": time.time()} for row in new_runs)]
     atomic_write_json(output_dir / records.MANIFEST, manifest)
 
 
 def _identity(request: InferRequest) -> dict:
-    return {**{key: getattr(request, key) for key in IDENTITY}, "prompts": list(request.prompts)}
+    identity = {**{key: getattr(request, key) for key in IDENTITY}, "prompts": list(request.prompts)}
+    if request.refiner is not None:  # only then: unrefined sweeps keep the ids they had before --refine existed
+        identity["refiner"] = request.refiner
+    return identity
+
+
+def _sweep_refinement(manifest: dict | None, draft: InferRequest, refiner) -> dict:
+    """The sweep's refined prompts: the manifest's when it has them (a resumed sweep never refines
+    again: an LLM would answer other text), else refined now, once, before the split."""
+    saved = (manifest or {}).get("refine")
+    if saved is not None:
+        if len(saved.get("prompts", ())) != len(draft.prompts):
+            raise UserError(f"the sweep manifest's refined prompts do not match its {len(draft.prompts)} prompts",
+                            hint="use another --output")
+        return {"refiner": saved["refiner"], "via": saved.get("via", saved["refiner"]), "seconds": 0.0,
+                "prompts": list(saved["prompts"]), "reused": True}
+    done = _refine(draft.prompts, refiner)
+    return {"refiner": done.refiner, "via": done.via, "seconds": round(done.seconds, 3),
+            "prompts": list(done.prompts), "reused": False}
 
 
 def _video(video: VideoItem) -> dict:
-    return {"file": video.filename, "prompt_index": video.prompt_index, "sample": video.sample,
-            "prompt": video.prompt, "seed": video.seed}
+    entry = {"file": video.filename, "prompt_index": video.prompt_index, "sample": video.sample,
+             "prompt": video.prompt, "seed": video.seed}
+    if video.refined_prompt is not None:
+        entry["refined_prompt"] = video.refined_prompt
+    return entry
 
 
 __all__ = ["Group", "collect", "split_videos", "submit_sweep", "sweep_id", "wait_for_sweep"]

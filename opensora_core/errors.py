@@ -32,3 +32,11 @@ class CheckpointMismatch(UserError):
 
 class LayoutError(UserError, ValueError):
     """A parallel layout (replicas x cfg x sp) that cannot run; the message names the rule and the legal values."""
+
+
+class ConditioningError(UserError, ValueError):
+    """A reference_path / mask_strategy / loop setting breaks a rule; the message names the value and the rule."""
+
+
+class ReferenceNotFound(NotFound):
+    """A reference image or video (``reference_path``) does not exist."""

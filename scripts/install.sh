@@ -2,7 +2,8 @@
 # Install clusterkit (editable) into the current Python environment.
 #
 #   scripts/install.sh          runtime only
-#   scripts/install.sh --dev    + test tools, and Slurm/munge from apt when running as root
+#   scripts/install.sh --dev    + test tools, and Slurm/munge and Chromium (the report gallery
+#                               test's headless browser) from apt when running as root
 #
 # torch goes first and pinned: the package accepts any torch >=2.3,<2.14, so pip keeps the
 # one installed here instead of pulling a second, CUDA-sized build.
@@ -13,6 +14,7 @@ PY=${PYTHON:-python3}
 if [ "${1:-}" = "--dev" ]; then
     "$PY" -m pip install --quiet --disable-pip-version-check -e ".[dev]"
     bash scripts/ensure-slurm.sh
+    bash scripts/ensure-chromium.sh
 else
     "$PY" -m pip install --quiet --disable-pip-version-check -e .
 fi

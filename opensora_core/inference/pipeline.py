@@ -4,7 +4,10 @@ Stages, in order, each timed:
 1. text encoding: every prompt alone (its embedding never depends on the others), then the
    encoder is offloaded so it holds no GPU memory while the transformer denoises;
 2. per batch of videos: initial noise from each video's own generator, ``steps`` Euler steps
-   (each timed), VAE decode, and writing the files (atomically) plus the JSON index.
+   (each timed), VAE decode, and writing the files (atomically) plus the JSON index. With
+   references or ``--loop`` (``conditioned``), the references are encoded and placed in the
+   noise first ("conditioning" stage) and the sampler keeps them by a per-video frame mask;
+   a looped video is one clip per loop, stitched.
 
 With a ``ParallelContext`` (``opensora_core.parallel``), the videos are dealt round-robin to the
 replica groups; in a group, the first rank encodes the text and broadcasts it, every rank takes
@@ -27,7 +30,8 @@ import torch
 
 from opensora_core.conditioning import video_conditions
 from opensora_core.inference.models import Models
-from opensora_core.inference.prompts import encoder_text
+from opensora_core.inference.conditioned import BatchConditioning, loop_seed, noise_generators, stitch
+from opensora_core.inference.prompt_syntax import merge_segments, segment_index
 from opensora_core.inference.request import InferRequest, VideoItem
 from opensora_core.inference.video_io import frames_sha256, to_uint8, write_video
 from opensora_core.models.stdit3 import STDiT3
@@ -58,18 +62,53 @@ def denoise(
     cfg_scale: float,
     on_step: Callable[[int, torch.Tensor], None] | None = None,
     parallel: ParallelContext | None = None,
+    frame_mask: torch.Tensor | None = None,
+    generator: Sequence[torch.Generator] | None = None,
 ) -> torch.Tensor:
     """Run the v1.2 sampler on latents ``z`` [B, C, T, H, W] for captions ``y`` [B, 1, L, C'] with
     text mask ``mask`` [B, L]; the null caption is the model's learned one. With ``parallel``, every
-    rank of its replica group calls this with the same inputs and gets the same latents."""
+    rank of its replica group calls this with the same inputs and gets the same latents.
+
+    Batch-invariant by construction: the transformer sees each video's CFG pair alone
+    (``per_video_model_fn``) and the sampler's other operations are elementwise, so a video's
+    latents are bit for bit those of a batch of one, whatever else is in the batch.
+
+    ``frame_mask`` [B, T] (``conditioned``): per video and latent frame, 0 keeps the reference
+    latents already placed in ``z``, an edit ratio in between re-noises them once t <= ratio*1000
+    with noise from that video's ``generator``, 1 generates the frame."""
     dtype = stdit3.x_embedder.proj.weight.dtype
     cond = video_conditions(z.shape[0], height, width, num_frames, fps, dtype=dtype, device=z.device)
     times = rectified_flow.timesteps(
         steps, height=cond["height"], width=cond["width"], num_frames=cond["num_frames"],
         batch_size=z.shape[0], device=z.device,
     )
-    model_fn = sampler_model_fn(stdit3, y, mask, cond, z.shape[1], parallel)
-    return rectified_flow.sample(model_fn, z.to(dtype), times, cfg_scale=cfg_scale, callback=on_step)
+    one = video_conditions(1, height, width, num_frames, fps, dtype=dtype, device=z.device)
+    model_fn = per_video_model_fn([sampler_model_fn(stdit3, y[row : row + 1], mask[row : row + 1], one, z.shape[1],
+                                                    parallel) for row in range(z.shape[0])])
+    return rectified_flow.sample(model_fn, z.to(dtype), times, cfg_scale=cfg_scale, callback=on_step,
+                                 frame_mask=frame_mask, generator=generator)
+
+
+def per_video_model_fn(model_fns: Sequence[Callable]) -> Callable:
+    """The sampler ``model_fn`` of a batch of B videos from one ``model_fn`` per video (each bound
+    to that video's caption): video i's pair [z_i; z_i] goes through ``model_fns[i]`` alone and the
+    predictions are reassembled as [cond_0 .. cond_B-1; null_0 .. null_B-1].
+
+    Why: batched matmuls, convolutions and attention round differently for other batch sizes
+    (about 1e-6 per forward on CPU), which changed pixels; one pair per call makes a video's
+    prediction exactly the batch-of-one prediction, and no video's caption can reach another's."""
+    if len(model_fns) == 1:
+        return model_fns[0]
+
+    def model_fn(z: torch.Tensor, t: torch.Tensor, x_mask: torch.Tensor | None) -> torch.Tensor:
+        batch = len(model_fns)
+        outs = []
+        for row, fn in enumerate(model_fns):
+            pair = [row, batch + row]
+            outs.append(fn(z[pair], t[pair], None if x_mask is None else x_mask[pair]))
+        return torch.cat([out[:1] for out in outs] + [out[1:] for out in outs])
+
+    return model_fn
 
 
 def sampler_model_fn(stdit3: STDiT3, y, mask, cond: dict, channels: int, parallel: ParallelContext | None):
@@ -184,22 +223,37 @@ def generate(
     done = 0
     for batch in batches:
         began = time.perf_counter()
-        clock.begin("denoising")
-        y = torch.cat([embeddings[v.prompt_index][0] for v in batch])
-        mask = torch.cat([embeddings[v.prompt_index][1] for v in batch])
-        z = initial_noise([v.seed for v in batch], latent_shape, device)
+        # references / loops (docs/inference-modes.md): None for plain text-to-video
+        conditioning = BatchConditioning(request, batch, models.vae, ctx) if request.conditioned else None
         event = {"stage": "denoising", "video": done + 1, "videos": len(videos), "batch_size": len(batch),
-                 "steps": request.steps}
-        on_step = functools.partial(_report_step, clock, clock.new_batch(), emit, event)
-        z = denoise(models.stdit3, z, y, mask, height=geometry.height, width=geometry.width,
-                    num_frames=geometry.num_frames, fps=request.fps, steps=request.steps,
-                    cfg_scale=request.cfg_scale, on_step=on_step, parallel=parallel)
-        clock.end()
+                 "steps": request.steps * request.loop}
+        step_times = clock.new_batch()
+        clips = []
+        for loop_i in range(request.loop):  # one clip per loop; each later one continues the one before
+            frame_mask = None
+            z = initial_noise([loop_seed(v.seed, loop_i) for v in batch], latent_shape, device)
+            if conditioning is not None:
+                clock.begin("conditioning")
+                z, frame_mask = conditioning.prepare(z, loop_i)
+                clock.end()
+            clock.begin("denoising")
+            y, mask = (torch.cat([embeddings[_caption_key(request, v.prompt_index, loop_i)][part] for v in batch])
+                       for part in (0, 1))
+            on_step = functools.partial(_report_step, clock, step_times, emit, event, loop_i * request.steps)
+            z = denoise(models.stdit3, z, y, mask, height=geometry.height, width=geometry.width,
+                        num_frames=geometry.num_frames, fps=request.fps, steps=request.steps,
+                        cfg_scale=request.cfg_scale, on_step=on_step, parallel=parallel, frame_mask=frame_mask,
+                        generator=None if frame_mask is None else noise_generators(batch, loop_i))
+            clock.end()
 
-        clock.begin("decode")
-        emit({"stage": "decode", "video": done + 1, "videos": len(videos)})
-        frames = _decode(models, z.to(vae_dtype), geometry.num_frames, ctx)
-        clock.end()
+            clock.begin("decode")
+            emit({"stage": "decode", "video": done + 1, "videos": len(videos)})
+            if request.loop > 1:  # keeps the pixels: the next clip is conditioned on them
+                clips.append(conditioning.decode_clip(z, geometry.num_frames))
+            else:
+                clips.append(_decode(models, z.to(vae_dtype), geometry.num_frames, ctx))
+            clock.end()
+        frames = [stitch(video_clips, request.condition_frame_length) for video_clips in zip(*clips)]
 
         clock.begin("write")
         shared = (time.perf_counter() - began) / len(batch)  # denoising and decode, per video of the batch
@@ -210,7 +264,9 @@ def generate(
             entry = _index_entry(item, path, video_frames, texts[item.prompt_index], tokens[item.prompt_index],
                                  models.stdit3.config.model_max_length, request.fps)
             entry.update(seconds=round(seconds, 3), node=request.node, layout=layout.to_dict(),
-                         replica=ctx.replica, run=request.run_id or request.name)
+                         replica=ctx.replica, run=request.run_id or request.name, refiner=request.refiner)
+            if conditioning is not None:
+                entry["conditioning"] = request.conditioning_record(item.prompt_index)
             entries.append(entry)
             done += 1
             emit({"stage": "write", "video": done, "videos": len(videos), "entry": entry})
@@ -225,16 +281,19 @@ def _encode_prompts(request: InferRequest, models: Models, ctx: ParallelContext,
     """Caption embeddings of the prompts ``indices`` on every rank of the group: encoded by the
     group's first rank, one prompt at a time, then broadcast. (embeddings, encoder texts, token
     counts), each by prompt index; texts and counts only on the first rank."""
-    texts = {i: encoder_text(request.prompts[i], request.aes) for i in indices}
+    # one embedding per loop segment of each prompt (one segment without the |0|...|2|... syntax)
+    segments = {i: request.encoder_segments(i) for i in indices}
+    keys = [(i, k) for i in indices for k in range(len(segments[i]))]
+    texts = {i: merge_segments([text for _, text in segments[i]], segments[i]) for i in indices}
     tokens: dict[int, int] = {}
     stacked = None
     if ctx.leader:
         encoder = models.text_encoder
         encoded = []
-        for done, index in enumerate(indices):
-            encoded.append(encoder.encode([texts[index]]))
-            emit({"stage": "text_encoding", "done": done + 1, "total": len(indices)})
-        tokens = {i: encoder.count_tokens(texts[i]) for i in indices}
+        for done, (index, k) in enumerate(keys):
+            encoded.append(encoder.encode([segments[index][k][1]]))
+            emit({"stage": "text_encoding", "done": done + 1, "total": len(keys)})
+        tokens = {i: max(encoder.count_tokens(text) for _, text in segments[i]) for i in indices}
         encoder.offload()
         stacked = (torch.cat([y for y, _ in encoded]), torch.cat([m for _, m in encoded])) if encoded else None
     if not indices:
@@ -244,26 +303,37 @@ def _encode_prompts(request: InferRequest, models: Models, ctx: ParallelContext,
         from opensora_core.parallel.shared import share_embeddings
 
         config = models.stdit3.config
-        stacked = share_embeddings(ctx.group, stacked, count=len(indices), length=config.model_max_length,
+        stacked = share_embeddings(ctx.group, stacked, count=len(keys), length=config.model_max_length,
                                    width=config.caption_channels, dtype=torch_dtype(request.t5_dtype), device=device)
     y, mask = (t.to(device) for t in stacked)
-    embeddings = {index: (y[row : row + 1], mask[row : row + 1]) for row, index in enumerate(indices)}
+    embeddings = {key: (y[row : row + 1], mask[row : row + 1]) for row, key in enumerate(keys)}
     return embeddings, texts, tokens
 
 
+def _caption_key(request: InferRequest, prompt_index: int, loop_i: int) -> tuple[int, int]:
+    """The embedding clip ``loop_i`` of prompt ``prompt_index`` uses: (prompt, its loop segment)."""
+    starts = tuple((start, "") for start, _ in request.encoder_segments(prompt_index))
+    return prompt_index, segment_index(starts, loop_i)
+
+
 def _decode(models: Models, z: torch.Tensor, num_frames: int, ctx: ParallelContext) -> list:
-    """uint8 frames [T, H, W, 3] of every video of the batch, on the group's first rank (others: [])."""
+    """uint8 frames [T, H, W, 3] of every video of the batch, on the group's first rank (others: []).
+    One video at a time: a batched decode rounds differently (and its spatial micro-batches would
+    mix frames of two videos), so each video is decoded exactly as in a batch of one."""
+    videos = [z[row : row + 1] for row in range(z.shape[0])]
     if ctx.group.size == 1:
-        return [to_uint8(video) for video in models.vae.decode(z, num_frames=num_frames)]
+        return [to_uint8(models.vae.decode(video, num_frames=num_frames)[0]) for video in videos]
     from opensora_core.parallel.shared import decode_shared
 
-    frames = decode_shared(models.vae, z, num_frames, ctx.group)
-    return [] if frames is None else [video.numpy() for video in frames]
+    frames = [decode_shared(models.vae, video, num_frames, ctx.group) for video in videos]
+    return [] if frames[0] is None else [video[0].numpy() for video in frames]
 
 
-def _report_step(clock: StageClock, times: list, emit: EventFn, event: dict, step: int, _z: torch.Tensor) -> None:
+def _report_step(clock: StageClock, times: list, emit: EventFn, event: dict, offset: int, step: int,
+                 _z: torch.Tensor) -> None:
+    """``offset``: the steps of the video's earlier clips (``--loop``)."""
     times.append(clock.lap())
-    emit({**event, "step": step + 1, "step_s": times[-1]})
+    emit({**event, "step": offset + step + 1, "step_s": times[-1]})
 
 
 def _index_entry(item: VideoItem, path: Path, frames, text: str, tokens: int, max_tokens: int, fps: int) -> dict:
@@ -274,6 +344,7 @@ def _index_entry(item: VideoItem, path: Path, frames, text: str, tokens: int, ma
         "prompt_index": item.prompt_index,
         "sample": item.sample,
         "prompt": item.prompt,
+        "refined_prompt": item.refined_prompt,
         "encoder_text": text,
         "tokens": tokens,
         "truncated": tokens > max_tokens,

@@ -62,9 +62,14 @@ def clean_prompt(text: str) -> str:
     return _SPACES.sub(" ", text).strip()
 
 
-def encoder_text(prompt: str, aes: float | None = DEFAULT_AES) -> str:
-    """The text the text encoder gets for ``prompt``: the aesthetic score appended (unless the prompt
-    already has one), as upstream, then cleaned."""
-    if aes is not None and "aesthetic score:" not in prompt.lower():
-        prompt = f"{prompt.rstrip()} aesthetic score: {aes:.1f}."
+def encoder_text(prompt: str, aes: float | None = DEFAULT_AES, flow: float | None = None,
+                 camera_motion: str | None = None) -> str:
+    """The text the text encoder gets for ``prompt``: the scores appended as upstream's
+    ``append_score_to_prompts`` (" aesthetic score: {aes:.1f}.", " motion score: {flow:.1f}.",
+    " camera motion: {camera_motion}.", each unless the prompt already has it), then cleaned."""
+    scores = (("aesthetic score:", aes, lambda v: f"{v:.1f}"), ("motion score:", flow, lambda v: f"{v:.1f}"),
+              ("camera motion:", camera_motion, str))
+    for label, value, render in scores:
+        if value is not None and label not in prompt.lower():
+            prompt = f"{prompt.rstrip()} {label} {render(value)}."
     return clean_prompt(prompt)

@@ -75,8 +75,8 @@ def write_sweep_index(output_dir: Path) -> dict:
 
 
 #: What the sweep index keeps of each record.
-INDEX_KEYS = ("file", "prompt_index", "sample", "prompt", "seed", "node", "layout", "seconds", "run", "frames",
-              "height", "width", "fps", "bytes", "pixels_sha256")
+INDEX_KEYS = ("file", "prompt_index", "sample", "prompt", "refined_prompt", "refiner", "seed", "node", "layout",
+              "seconds", "run", "frames", "height", "width", "fps", "bytes", "pixels_sha256")
 
 
 def _read(path: Path) -> dict | None:

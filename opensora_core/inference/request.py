@@ -7,7 +7,12 @@ Also the two rules every output follows:
   (``video_seed``), never from its position or from what ran before, so a prompt gives the
   same video alone, after other prompts, or in another batch;
 - **names**: ``<name>_<prompt index:04d>[-<k>].mp4`` (``.png`` for one frame), where name is
-  the run id (``output_name``).
+  the run id (``output_name``) and the index counts from ``start_index``.
+
+Conditioning (reference images/videos, mask strategies, loops; docs/inference-modes.md) is
+checked here too: prompts lose their JSON suffix (its ``reference_path`` / ``mask_strategy``
+override the lists), and every rule that needs no file is applied (``conditioning_spec``);
+``check_references`` opens the files.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from clusterkit.errors import InvalidChoice, UserError
@@ -24,7 +29,10 @@ from opensora_core.dtypes import check_dtype_name
 from opensora_core.parallel.layout import DEFAULT_SP_SCHEME, ParallelLayout
 from opensora_core.presets import get_preset
 
-from .prompts import DEFAULT_AES, check_prompts
+from . import conditioning_spec
+from .mask_strategy import DEFAULT_ALIGN, looped_frames
+from .prompt_syntax import split_segments
+from .prompts import DEFAULT_AES, check_prompts, encoder_text
 
 DEFAULT_STEPS = 30  # upstream's v1.2 inference config
 DEFAULT_CFG_SCALE = 7.0
@@ -89,9 +97,36 @@ class InferRequest:
     """Sweep id: every finished video also gets a completion record in ``<output>/records/``."""
     run_id: str | None = None
     """The run this request belongs to (index file name and records); None: ``name``."""
+    refined_prompts: tuple[str, ...] | None = None
+    """Each prompt as refined on the submit host (``clusterkit.refine``): what the text encoder gets.
+    None: not refined. Seeds and file names still come from ``prompts``."""
+    refiner: str | None = None
+    """What refined them (template, command, http); set exactly when ``refined_prompts`` is."""
+    reference_paths: tuple[str, ...] = ()
+    """Per prompt: ";"-separated reference images/videos ("" for none); () for none at all."""
+    mask_strategies: tuple[str, ...] = ()
+    """Per prompt: upstream's mask strategy ("" for none; docs/inference-modes.md); () for none at all."""
+    loop: int = 1
+    """Clips per video: each later clip continues the previous one (long videos)."""
+    condition_frame_length: int = conditioning_spec.DEFAULT_CONDITION_FRAME_LENGTH
+    """Latent frames of the previous clip a later loop is conditioned on (a multiple of 5)."""
+    condition_frame_edit: float = conditioning_spec.DEFAULT_CONDITION_FRAME_EDIT
+    """Edit ratio of those frames (0: kept as they are)."""
+    align: int | None = DEFAULT_ALIGN
+    """Mask-strategy starts snap to multiples of this many latent frames (None: no snapping)."""
+    flow: float | None = None
+    """Motion score appended to each prompt (" motion score: {flow:.1f}."), as upstream."""
+    camera_motion: str | None = None
+    """Camera motion appended to each prompt (" camera motion: {camera_motion}."), as upstream."""
+    start_index: int = 0
+    """File-name index of the first prompt (``--start-index``: the prompts are a slice of a longer list)."""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "prompts", check_prompts(self.prompts))
+        prompts, refs, masks = conditioning_spec.normalize(check_prompts(self.prompts), self.reference_paths or (),
+                                                           self.mask_strategies or ())
+        object.__setattr__(self, "prompts", check_prompts(prompts))
+        object.__setattr__(self, "reference_paths", refs)
+        object.__setattr__(self, "mask_strategies", masks)
         object.__setattr__(self, "notes", tuple(self.notes))
         parse_geometry(self.frames, self.resolution, self.aspect_ratio)
         preset = get_preset(self.model)
@@ -126,6 +161,75 @@ class InferRequest:
                 raise UserError(f"{name} {value!r} must match {_SAFE_NAME.pattern}")
         if self.items is not None:
             object.__setattr__(self, "items", _check_items(self.items, len(self.prompts), self.num_samples))
+        if self.refined_prompts is not None:
+            object.__setattr__(self, "refined_prompts", _check_refined(self.refined_prompts, self.prompts))
+        if (self.refiner is None) != (self.refined_prompts is None):
+            raise UserError(f"refiner {self.refiner!r}: refined prompts and the name of their refiner come together")
+        if self.refiner is not None and (not isinstance(self.refiner, str) or not _SAFE_NAME.match(self.refiner)):
+            raise UserError(f"refiner {self.refiner!r} must match {_SAFE_NAME.pattern}")
+        if isinstance(self.start_index, bool) or not isinstance(self.start_index, int) or self.start_index < 0:
+            raise UserError(f"--start-index {self.start_index!r} must be an integer >= 0")
+        for name in ("aes", "flow"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or value != value or abs(value) == float("inf")):
+                raise UserError(f"--{name} {value!r} must be a finite number (or unset: no score text)")
+        if self.camera_motion is not None and (not isinstance(self.camera_motion, str)
+                                               or not self.camera_motion.strip() or "\n" in self.camera_motion):
+            raise UserError(f"--camera-motion {self.camera_motion!r} must be one line of text (e.g. 'pan left')")
+        self.conditioning  # noqa: B018 - applies every conditioning rule that needs no file
+
+    @property
+    def conditioning(self) -> tuple[conditioning_spec.PromptConditioning, ...]:
+        """Each prompt's references, mask groups and loop segments (checked; files not opened)."""
+        geo = self.geometry
+        encoder_prompts = tuple(self.encoder_prompt(i) for i in range(len(self.prompts)))  # their loop segments
+        return conditioning_spec.check_rules(
+            encoder_prompts, self.reference_paths, self.mask_strategies, loop=self.loop,
+            condition_frame_length=self.condition_frame_length, condition_frame_edit=self.condition_frame_edit,
+            align=self.align, latent_frames=geo.latent[0], num_frames=geo.num_frames)
+
+    @property
+    def conditioned(self) -> bool:
+        """True when any video uses references or loops (not plain text-to-video)."""
+        return bool(self.reference_paths) or self.loop > 1
+
+    @property
+    def output_frames(self) -> int:
+        """Frames of each written video: ``num_frames``, or with loops loop*(num_frames - P) + P."""
+        return looped_frames(self.num_frames, self.loop, self.condition_frame_length)
+
+    def check_references(self) -> dict:
+        """Open every reference file and place every mask group with the real lengths (what the
+        submit host and the job, before loading weights, run); returns ``ReferenceInfo`` by path."""
+        return conditioning_spec.check_files(self.conditioning, latent_frames=self.geometry.latent[0],
+                                             align=self.align)
+
+    def with_absolute_references(self) -> InferRequest:
+        """This request with every reference checked (``check_references``) and its path made
+        absolute, so the job finds it whatever its working folder (what ``clusterkit submit`` sends)."""
+        if not self.reference_paths:
+            return self
+        found = self.check_references()
+        absolute = tuple(";".join(found[path].path for path in prompt.paths) for prompt in self.conditioning)
+        return replace(self, reference_paths=absolute)
+
+    def encoder_segments(self, index: int) -> tuple[tuple[int, str], ...]:
+        """(first loop, encoder text) of each loop segment of prompt ``index`` (one segment without the
+        ``|0|...`` syntax): the refined prompt when refined, each segment with the scores appended and
+        cleaned, as upstream (``encoder_text``)."""
+        return tuple((start, encoder_text(text, self.aes, self.flow, self.camera_motion))
+                     for start, text in split_segments(self.encoder_prompt(index)))
+
+    def conditioning_record(self, prompt_index: int) -> dict | None:
+        """The conditioning of a prompt's videos, for the index (None for plain text-to-video)."""
+        if not self.conditioned:
+            return None
+        refs = self.reference_paths[prompt_index] if self.reference_paths else ""
+        return {"reference_path": [p.strip() for p in refs.split(";") if p.strip()],
+                "mask_strategy": self.mask_strategies[prompt_index] if self.mask_strategies else "",
+                "loop": self.loop, "condition_frame_length": self.condition_frame_length,
+                "condition_frame_edit": self.condition_frame_edit, "align": self.align}
 
     @property
     def num_frames(self) -> int:
@@ -161,7 +265,8 @@ class InferRequest:
         wanted = None if self.items is None else set(self.items)
         return [
             VideoItem(index, sample, prompt, video_seed(self.seed, prompt, sample),
-                      output_name(self.name, index, sample, self.num_samples, ext))
+                      output_name(self.name, self.start_index + index, sample, self.num_samples, ext),
+                      None if self.refined_prompts is None else self.refined_prompts[index])
             for index, prompt in enumerate(self.prompts)
             for sample in range(self.num_samples)
             if wanted is None or (index, sample) in wanted
@@ -172,6 +277,7 @@ class InferRequest:
         data["prompts"] = list(self.prompts)
         data["notes"] = list(self.notes)
         data["items"] = None if self.items is None else [list(item) for item in self.items]
+        data["reference_paths"], data["mask_strategies"] = list(self.reference_paths), list(self.mask_strategies)
         return data
 
     @classmethod
@@ -182,11 +288,24 @@ class InferRequest:
             raise UserError(f"inference request: unknown keys {unknown}")
         items = data.get("items")
         return cls(**{**data, "prompts": tuple(data.get("prompts", ())), "notes": tuple(data.get("notes", ())),
-                      "items": None if items is None else tuple(tuple(item) for item in items)})
+                      "items": None if items is None else tuple(tuple(item) for item in items),
+                      "reference_paths": tuple(data.get("reference_paths", ())),
+                      "mask_strategies": tuple(data.get("mask_strategies", ()))})
+
+    def encoder_prompt(self, index: int) -> str:
+        """The text prompt ``index`` is encoded from: its refined form when the prompts were refined."""
+        return self.prompts[index] if self.refined_prompts is None else self.refined_prompts[index]
 
     def settings(self) -> dict:
         """Everything but the prompts (what ``request.json`` holds; prompts go to ``prompts.json``)."""
-        return {k: v for k, v in self.to_dict().items() if k != "prompts"}
+        return {k: v for k, v in self.to_dict().items() if k not in ("prompts", "refined_prompts")}
+
+    def prompts_json(self) -> list:
+        """What ``prompts.json`` holds: the prompts, or with refinement one ``{"prompt", "refined_prompt"}``
+        object per prompt (the original and what the encoder gets)."""
+        if self.refined_prompts is None:
+            return list(self.prompts)
+        return [{"prompt": p, "refined_prompt": r} for p, r in zip(self.prompts, self.refined_prompts)]
 
     @classmethod
     def load(cls, settings_path: str | Path, prompts_path: str | Path) -> InferRequest:
@@ -195,6 +314,11 @@ class InferRequest:
         prompts = json.loads(Path(prompts_path).read_text(encoding="utf-8"))
         if not isinstance(prompts, list):
             raise UserError(f"{prompts_path} must hold a JSON list of prompts")
+        if prompts and all(isinstance(p, dict) for p in prompts):  # refined: {"prompt", "refined_prompt"}
+            if any(set(p) != {"prompt", "refined_prompt"} for p in prompts):
+                raise UserError(f"{prompts_path}: every entry must have exactly 'prompt' and 'refined_prompt'")
+            return cls.from_dict({**settings, "prompts": [p["prompt"] for p in prompts],
+                                  "refined_prompts": [p["refined_prompt"] for p in prompts]})
         return cls.from_dict({**settings, "prompts": prompts})
 
 
@@ -207,6 +331,8 @@ class VideoItem:
     prompt: str
     seed: int
     filename: str
+    refined_prompt: str | None = None
+    """What the encoder gets instead of ``prompt`` when the prompts were refined."""
 
 
 def _check_items(items, prompts: int, samples: int) -> tuple[tuple[int, int], ...]:
@@ -223,6 +349,20 @@ def _check_items(items, prompts: int, samples: int) -> tuple[tuple[int, int], ..
     if len(set(out)) != len(out):
         raise UserError("a video item is listed twice")
     return tuple(out)
+
+
+def _check_refined(refined, prompts: tuple[str, ...]) -> tuple[str, ...]:
+    """One non-empty refined prompt per prompt, with the same loop segments (``|0|..|2|..``) as its original."""
+    if isinstance(refined, str) or not isinstance(refined, (tuple, list)) or len(refined) != len(prompts):
+        raise UserError(f"refined prompts must be a list with one entry per prompt ({len(prompts)})")
+    for index, (prompt, text) in enumerate(zip(prompts, refined)):
+        if not isinstance(text, str) or not text.strip():
+            raise UserError(f"refined prompt {index} is empty", hint="the refiner must answer some text")
+        starts = [start for start, _ in split_segments(prompt)]
+        if [start for start, _ in split_segments(text, what=f"refined prompt {index}")] != starts:
+            raise UserError(f"refined prompt {index} {text[:80]!r} must keep the loop segments of its original "
+                            f"(starting at loops {starts})", hint="refine each |k| segment's text, keeping the markers")
+    return tuple(refined)
 
 
 def parse_geometry(frames: str, resolution: str, aspect_ratio: str) -> geometry.VideoGeometry:

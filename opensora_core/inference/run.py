@@ -92,6 +92,7 @@ def run(request: InferRequest, result_path: Path, device: torch.device, parallel
     if device.type == "cpu" and dtype_name == "fp16":
         raise UserError("fp16 needs a GPU and this rank has none", hint="use fp32 or bf16 on CPU")
     t5_device = device if request.t5_device == "gpu" else torch.device("cpu")
+    request.check_references()  # every reference readable here too, before any weight is loaded
     random_weights = request.random_weights
     weights = f"random, seed {preset.weights_seed}" if random_weights else str(request.ckpt_dir)
     if random_weights and rank == 0:
@@ -115,7 +116,7 @@ def run(request: InferRequest, result_path: Path, device: torch.device, parallel
         "steps": request.steps, "cfg_scale": request.cfg_scale, "fps": request.fps,
         "frames": geometry.num_frames, "height": geometry.height, "width": geometry.width,
         "layout": (parallel.layout if parallel is not None else request.layout(1)).to_dict(),
-        "node": request.node, "sweep": request.sweep,
+        "node": request.node, "sweep": request.sweep, "refiner": request.refiner,
     }
     run_id = header["run"]
     records_dir = output_dir / RECORDS if request.sweep else None

@@ -13,7 +13,7 @@ Training:   t = training_timesteps(B, height=..., width=..., num_frames=...)
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -118,7 +118,7 @@ def sample(
     cfg_scale: float = CFG_SCALE,
     frame_mask: torch.Tensor | None = None,
     num_timesteps: int = NUM_TIMESTEPS,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
     callback: Callable[[int, torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Denoise ``z`` [B, C, T, H, W] along ``times`` [N, B] (from ``timesteps``) with CFG.
@@ -130,7 +130,10 @@ def sample(
     ``frame_mask`` [B, T] in [0, 1] conditions on frames already placed in ``z``: a frame with value
     m stays at its reference until t <= m*1000, then it is noised once to the current level and
     denoised with the rest; m = 0 keeps it fixed, 1 generates it. Those frames also get x_mask False
-    (time-0 modulation) while fixed. ``callback(i, z)`` sees z after each step.
+    (time-0 modulation) while fixed. The noise they get comes from ``generator``: one generator, or
+    one CPU generator per sample (each row's noise then depends on its own generator only, the same
+    on every device and in every batch), drawn at every step as upstream does.
+    ``callback(i, z)`` sees z after each step.
     """
     batch, channels = z.shape[:2]
     if times.ndim != 2 or times.shape[1] != batch:
@@ -142,8 +145,8 @@ def sample(
         x_mask = reference = None
         if frame_mask is not None:
             reference = z.clone()
-            noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
             active = frame_mask * num_timesteps >= t[:, None]
+            noise = _noise_like(z, generator)  # drawn at every step, as upstream (the same stream)
             z = torch.where(_frames(active & ~noised), add_noise(reference, noise, t, num_timesteps), reference)
             noised = active
             x_mask = active.repeat(2, 1)
@@ -214,6 +217,16 @@ def training_loss(
     per_frame = err.transpose(1, 2).flatten(2)  # [B, T, C*H*W]
     weights = frame_mask.to(err.dtype)
     return (per_frame * weights[:, :, None]).sum(dim=(1, 2)) / (weights.sum(1) * per_frame.shape[-1])
+
+
+def _noise_like(z: torch.Tensor, generator) -> torch.Tensor:
+    """Standard normal noise shaped like ``z``: from one generator, or one CPU generator per row."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+    if len(generator) != z.shape[0]:
+        raise ModelInputError(f"one generator per sample: got {len(generator)} for a batch of {z.shape[0]}")
+    rows = [torch.randn(z.shape[1:], generator=g) for g in generator]
+    return torch.stack(rows).to(device=z.device, dtype=z.dtype)
 
 
 def _frames(mask: torch.Tensor) -> torch.Tensor:

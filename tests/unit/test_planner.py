@@ -19,7 +19,7 @@ from clusterkit.planner import PlanRequest, choose, plan
 ROOT = Path(__file__).resolve().parents[2]
 SEED = load_inventory(ROOT / "nodes.yaml")
 NODE_KEYS = {"name", "gpu_model", "feasible", "layout", "dtype", "attention", "t5", "vae_micro_batch", "predicted",
-             "reasons", "alternatives"}
+             "reasons", "alternatives", "estimate"}
 PREDICTED_KEYS = {"peak_gib_per_gpu", "usable_gib_per_gpu", "seconds_per_video", "videos_per_hour"}
 
 

@@ -24,3 +24,11 @@ def test_ci_runs_the_readme_test_command_verbatim():
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     assert setup_commands()[1] in ci
     assert "export CLUSTERKIT_REQUIRE_SLURM=1" in ci
+    assert "export CLUSTERKIT_REQUIRE_CHROMIUM=1" in ci
+
+
+def test_dev_install_provides_the_headless_browser():
+    install = (ROOT / "scripts" / "install.sh").read_text()
+    dev = install.split('if [ "${1:-}" = "--dev" ]; then', 1)[1].split("else", 1)[0]
+    assert "bash scripts/ensure-chromium.sh" in dev
+    assert "apt-get install -y -qq chromium" in (ROOT / "scripts" / "ensure-chromium.sh").read_text()

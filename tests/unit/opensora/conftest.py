@@ -15,7 +15,10 @@ import torch
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "opensora_v12_parity"
 
-TOL_STDIT = 1e-5  # single STDiT3 forward (atol and rtol)
+# single STDiT3 forward (atol and rtol). 1e-5 held on the CPUs the fixtures were first checked on;
+# an AMD EPYC runner rounds some intermediates 1.3e-5 off (fp32 kernels differ by CPU). 2e-5 still
+# fails any wrong term, mask or layout by orders of magnitude (those give >= 1e-3).
+TOL_STDIT = 2e-5
 TOL_VAE = 2e-5  # temporal VAE and pipeline (atol)
 TOL_TIMESTEPS = 2e-4  # timestep lists (atol)
 TOL_SAMPLE = 5e-4  # final latent of the 5-step CFG sampling run (atol)
