@@ -197,7 +197,7 @@ def _render_submitted(result: dict) -> None:
     s = result["settings"]
     out.print(f"{what}: {result['model']} on {result['node']} ({result['executor']}{jobs}); "
               f"{result['num_videos']} video(s), {s['dtype'] or 'default precision'}, T5 {s['t5_dtype']}"
-              f"{' on the CPU' if s['t5_device'] == 'cpu' else ''}, "
+              f"{' on the CPU' if s['t5_device'] == 'cpu' else (', offloaded after encoding' if s['t5_offload'] else ', resident')}, "
               f"VAE micro-batch {s['vae_micro_batch']}, seed {s['seed']}, {s['steps']} steps")
     for note in result["notes"]:
         out.print(f"[dim]note:[/dim] {escape(note)}")

@@ -334,12 +334,14 @@ def _peak_flops(gpu: GPUSpec, dtype: str) -> float:
 
 
 def _text_seconds(settings: Settings, gpu: GPUSpec) -> float:
-    """Encode one prompt; an offloaded T5 also travels to the GPU and back once per video."""
+    """Encode one prompt; with "offload" the job then moves T5 to host memory once (what
+    ``opensora_core.inference.pipeline`` does after encoding every prompt; the gpu-* placements keep
+    it resident). Charged per video, so a job of several videos is slightly over-counted."""
     fp32 = settings.t5 == "gpu-fp32" or (settings.t5 == "offload" and settings.dtype != "bf16")
     rate = gpu.tflops_fp16 * 1e12 * T5_EFFICIENCY / (FP32_SLOWDOWN if fp32 else 1)
     seconds = T5_FLOPS / rate
     if settings.t5 == "offload":
-        seconds += 2 * T5_PARAMS * (4 if fp32 else 2) / (HOST_LINK_GBS * 1e9)
+        seconds += T5_PARAMS * (4 if fp32 else 2) / (HOST_LINK_GBS * 1e9)
     return seconds
 
 

@@ -44,7 +44,9 @@ PROMPTS_FILE = "prompts.json"
 PROGRESS_FILE = runs.PROGRESS_FILE
 #: Planner T5 placements -> (device the encoder runs on, its precision). The pipeline always moves
 #: the encoder off the GPU after encoding, so no placement keeps it resident during denoising.
-_T5_PLACEMENT = {"gpu-fp32": ("gpu", "fp32"), "gpu-bf16": ("gpu", "bf16")}
+# --t5 placement -> (t5_device, t5_dtype, t5_offload). "offload" encodes in the model's precision
+# (fp32 without bf16); every placement encodes on the GPU, and only "offload" then moves T5 off it.
+_T5_PLACEMENT = {"gpu-fp32": ("gpu", "fp32", False), "gpu-bf16": ("gpu", "bf16", False)}
 
 ProgressFn = Callable[[dict], None]
 
@@ -186,7 +188,7 @@ def submit_infer(
         "random_weights": request.random_weights,
         "warnings": _warnings(request, preset),
         "notes": list(choice.notes),
-        "settings": {key: getattr(request, key) for key in ("dtype", "t5_device", "t5_dtype", "vae_micro_batch",
+        "settings": {key: getattr(request, key) for key in ("dtype", "t5_device", "t5_dtype", "t5_offload", "vae_micro_batch",
                                                             "flash_attn", "seed", "steps", "cfg_scale", "fps")},
         "plan": choice.plan,
         "layout": layout.to_dict(),
@@ -256,9 +258,10 @@ def choose_settings(project: Project, request: InferRequest, *, node: str | None
                 "vae_micro_batch": plan_dict["vae_micro_batch"]}
     t5 = plan_dict["t5"]
     if t5 in _T5_PLACEMENT:
-        settings["t5_device"], settings["t5_dtype"] = _T5_PLACEMENT[t5]
+        settings["t5_device"], settings["t5_dtype"], settings["t5_offload"] = _T5_PLACEMENT[t5]
     elif t5 == "offload":  # encode on the GPU in the model's precision (fp32 without bf16), then move off
         settings["t5_device"], settings["t5_dtype"] = "gpu", "bf16" if settings["dtype"] == "bf16" else "fp32"
+        settings["t5_offload"] = True
     layout = _planned_layout(chosen, pins, request.num_heads)
     return Choice(chosen.name, {k: v for k, v in settings.items() if v is not None}, plan_dict, tuple(notes),
                   layout, chosen.seconds)

@@ -294,7 +294,8 @@ def _encode_prompts(request: InferRequest, models: Models, ctx: ParallelContext,
             encoded.append(encoder.encode([segments[index][k][1]]))
             emit({"stage": "text_encoding", "done": done + 1, "total": len(keys)})
         tokens = {i: max(encoder.count_tokens(text) for _, text in segments[i]) for i in indices}
-        encoder.offload()
+        if request.t5_offload:
+            encoder.offload()
         stacked = (torch.cat([y for y, _ in encoded]), torch.cat([m for _, m in encoded])) if encoded else None
     if not indices:
         return {}, texts, tokens

@@ -71,6 +71,9 @@ class InferRequest:
     t5_dtype: str = "fp32"
     t5_device: str = "gpu"
     """Where the text encoder runs when the rank has a GPU ("cpu": never on the GPU)."""
+    t5_offload: bool = True
+    """Move the text encoder to host memory once every prompt is encoded (False: it stays resident
+    beside the transformer, as upstream keeps it; the planner's ``--t5 gpu-fp32/gpu-bf16``)."""
     vae_micro_batch: int | None = 4
     """Frames per spatial-VAE decode call (None: all at once)."""
     flash_attn: bool = True
@@ -146,6 +149,8 @@ class InferRequest:
         check_dtype_name(self.t5_dtype, "T5 dtype")
         if self.t5_device not in T5_DEVICES:
             raise InvalidChoice("T5 device", self.t5_device, T5_DEVICES)
+        if not isinstance(self.t5_offload, bool):
+            raise InvalidChoice("t5_offload", self.t5_offload, (True, False))
         if not _SAFE_NAME.match(self.name):
             raise UserError(f"output name {self.name!r} must match {_SAFE_NAME.pattern}")
         mb = self.vae_micro_batch

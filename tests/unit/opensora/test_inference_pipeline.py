@@ -143,6 +143,14 @@ def test_stage_timings_progress_and_offload_order(models, tmp_path, monkeypatch)
     assert steps == [(1, 1), (1, 2), (3, 1), (3, 2)]
 
 
+def test_a_resident_t5_is_never_offloaded(models, tmp_path, monkeypatch):
+    # --t5 gpu-fp32/gpu-bf16 plan T5's memory beside the transformer: the job must keep it there
+    order = []
+    monkeypatch.setattr(models.text_encoder, "offload", lambda: order.append("offload"))
+    generate(make(["a", "b"], frames="1", t5_offload=False), models, tmp_path, device=CPU)
+    assert order == []
+
+
 def write_job_files(folder, request):
     (folder / "request.json").write_text(json.dumps(request.settings()))
     (folder / "prompts.json").write_text(json.dumps(list(request.prompts)))
