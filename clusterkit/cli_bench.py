@@ -23,8 +23,8 @@ def register(app: typer.Typer) -> None:
 def infer_command(
     ctx: typer.Context,
     node: str = typer.Option(..., "--node", help="The node to measure (its GPU model gets the calibration)."),
-    res: str = typer.Option(..., "--res", help="Resolution: 144p 240p 360p 480p 720p 1080p 2k 4k (or 256 512 ...)."),
-    frames: str = typer.Option(..., "--frames", help="2s 4s 8s 16s 32s, 1x … 16x, or a frame count (1 = image)."),
+    res: str = typer.Option(..., "--res", "--resolution", help="Resolution: 144p 240p 360p 480p 720p 1080p 2k 4k (or 256 512 ...)."),
+    frames: str = typer.Option(..., "--frames", "--num-frames", help="2s 4s 8s 16s 32s, 1x … 16x, or a frame count (1 = image)."),
     aspect_ratio: str = typer.Option("9:16", "--aspect-ratio", help="H:W as in Open-Sora (9:16 is landscape)."),
     model: str = typer.Option("opensora-v1.2", "--model", help="opensora-v1.2 (needs --ckpt-dir) | tiny (random)."),
     ckpt_dir: Optional[str] = typer.Option(None, "--ckpt-dir", help="Folder with dit/ t5/ vae2d/ vae3d/."),

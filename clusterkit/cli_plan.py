@@ -23,8 +23,8 @@ def register(app: typer.Typer) -> None:
 def plan_command(
     ctx: typer.Context,
     task: str = typer.Argument("infer", help="infer | train"),
-    res: str = typer.Option(..., "--res", help="Resolution: 144p 240p 360p 480p 720p 1080p 2k 4k (or 256 512 ...)."),
-    frames: str = typer.Option(..., "--frames", help="2s 4s 8s 16s 32s, 1x … 16x, or a frame count (1 = image)."),
+    res: str = typer.Option(..., "--res", "--resolution", help="Resolution: 144p 240p 360p 480p 720p 1080p 2k 4k (or 256 512 ...)."),
+    frames: str = typer.Option(..., "--frames", "--num-frames", help="2s 4s 8s 16s 32s, 1x … 16x, or a frame count (1 = image)."),
     aspect_ratio: str = typer.Option("9:16", "--aspect-ratio", help="H:W as in Open-Sora (9:16 is landscape)."),
     node: Optional[str] = typer.Option(None, "--node", help="Plan one node."),
     nodes: Optional[str] = typer.Option(None, "--nodes", help="Comma-separated node names, or 'all' (default)."),

@@ -22,8 +22,8 @@ def register(app: typer.Typer) -> None:
 @submit_app.command("infer")
 def infer_command(
     ctx: typer.Context,
-    frames: str = typer.Option(..., "--frames", help="2s 4s 8s 16s 32s, 1x … 16x, or a frame count (1 = image)."),
-    res: str = typer.Option(..., "--res", help="Resolution: 144p 240p 360p 480p 720p 1080p 2k 4k (or 256 512 ...)."),
+    frames: str = typer.Option(..., "--frames", "--num-frames", help="2s 4s 8s 16s 32s, 1x … 16x, or a frame count (1 = image)."),
+    res: str = typer.Option(..., "--res", "--resolution", help="Resolution: 144p 240p 360p 480p 720p 1080p 2k 4k (or 256 512 ...)."),
     aspect_ratio: str = typer.Option("9:16", "--aspect-ratio", help="H:W as in Open-Sora (9:16 is landscape)."),
     prompt: list[str] = typer.Option([], "--prompt", help="A prompt (repeatable)."),
     prompts_file: Optional[str] = typer.Option(None, "--prompts-file", help="A UTF-8 file, one prompt per line."),

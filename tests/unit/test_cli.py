@@ -152,3 +152,16 @@ def test_logs_of_a_rank_that_does_not_exist_names_the_ranks(tmp_path):
     assert proc.returncode == 2 and "--rank 7 is not valid; valid choices: 0, 1" in proc.stderr
     data = envelope(run("--json", "logs", "r1", "--rank", "1", runs_dir=tmp_path))
     assert [lines for lines in data["result"]["files"].values()] == [["hello from rank 1"]]
+
+
+@pytest.mark.parametrize("command", [("plan",), ("submit", "infer", "--model", "tiny", "--prompt", "a cat", "--dry-run")])
+def test_upstreams_option_names_are_aliases(tmp_path, command):
+    # inference.py spells them --resolution and --num-frames; people paste those
+    short = envelope(run(*command, "--res", "240p", "--frames", "2s", "--json", runs_dir=tmp_path))
+    upstream = envelope(run(*command, "--resolution", "240p", "--num-frames", "2s", "--json", runs_dir=tmp_path))
+    assert short["ok"] and upstream["ok"]
+    if command[0] == "plan":
+        assert upstream["result"] == short["result"]
+    else:
+        assert {k: upstream["result"]["request"][k] for k in ("resolution", "frames")} == {"resolution": "240p",
+                                                                                        "frames": "2s"}
