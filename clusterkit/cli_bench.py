@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from clusterkit.cli_common import EXECUTOR_OPT, JSON_OPT, get_state
+from clusterkit.cli_common import EXECUTOR_OPT, JSON_OPT, JobProgressBar, get_state
 from clusterkit.output import console, emit
 
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that feed the planner: inference.")
@@ -69,16 +69,10 @@ def infer_command(
     emit("bench infer", result, _render, as_json=state.json)
 
 
-class _Progress:
-    """A rich progress bar over every denoising step of every iteration, fed from progress.json."""
+class _Progress(JobProgressBar):
+    """The bar over every denoising step of every iteration."""
 
-    def __init__(self) -> None:
-        self._progress = None
-        self._task = None
-
-    def start(self, submitted: dict) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+    def announce(self, submitted: dict) -> None:
         out = console()
         if submitted["random_weights"]:
             out.print(f"[bold red]WARNING:[/bold red] [bold]--model {submitted['model']} uses RANDOM weights: the "
@@ -86,29 +80,19 @@ class _Progress:
         out.print(f"bench run {submitted['run_id']}: {submitted['model']} on {submitted['node']} "
                   f"({submitted['executor']}), {submitted['warmup']} warm-up + {submitted['eval']} timed iteration(s)")
         out.print(f"run folder: {submitted['run_dir']}")
-        self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                  TimeElapsedColumn(), console=console(stderr=True), transient=True)
-        self._progress.start()
-        self._task = self._progress.add_task("waiting for the job", total=None)
 
-    def update(self, event: dict) -> None:
-        if self._progress is None:
-            return
+    def advance(self, event: dict) -> None:
         stage = event.get("stage", "")
         if "iteration" not in event:
-            self._progress.update(self._task, description=stage.replace("_", " "))
+            self.show(description=stage.replace("_", " "))
             return
         what = f"iteration {event['iteration']}/{event['iterations']} ({event['phase']})"
         if stage == "denoising":
             total = event["iterations"] * event["steps"]
             done = (event["iteration"] - 1) * event["steps"] + event["step"]
-            self._progress.update(self._task, total=total, completed=done, description=f"{what} denoising")
+            self.show(total=total, completed=done, description=f"{what} denoising")
         else:
-            self._progress.update(self._task, description=f"{what} {stage.replace('_', ' ')}")
-
-    def stop(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
+            self.show(description=f"{what} {stage.replace('_', ' ')}")
 
 
 def _render(result: dict) -> None:

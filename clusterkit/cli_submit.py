@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from clusterkit.cli_common import EXECUTOR_OPT, JSON_OPT, get_state
+from clusterkit.cli_common import EXECUTOR_OPT, JSON_OPT, JobProgressBar, get_state
 from clusterkit.output import console, emit
 
 submit_app = typer.Typer(no_args_is_help=True, help="Submit jobs: text-to-video inference.")
@@ -128,56 +128,32 @@ def infer_command(
     emit("submit infer", result, _render_sweep if nodes else _render, as_json=state.json)
 
 
-class _ProgressBar:
-    """A rich progress bar over the run's denoising steps, fed from its progress.json."""
+class _ProgressBar(JobProgressBar):
+    """The bar over the run's denoising steps (a sweep: over its videos)."""
 
     def __init__(self) -> None:
-        self._progress = None
-        self._task = None
+        super().__init__()
         self._steps = None  # denoising steps per video, once an event said
 
-    def start(self, submitted: dict) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
+    def announce(self, submitted: dict) -> None:
+        (_render_sweep_submitted if "sweep" in submitted else _render_submitted)(submitted)
 
-        if "sweep" in submitted:
-            _render_sweep_submitted(submitted)
-        else:
-            _render_submitted(submitted)
-        self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                  TimeElapsedColumn(), console=console(stderr=True), transient=True)
-        self._progress.start()
-        self._task = self._progress.add_task("waiting for the job", total=None)
-
-    def update(self, event: dict) -> None:
-        if self._progress is None:
-            return
+    def advance(self, event: dict) -> None:
         stage = event.get("stage", "")
         if stage == "sweep":
-            self._progress.update(self._task, total=event["total"], completed=event["done"],
-                                  description=f"sweep: {event['running']} job(s) running")
+            self.show(total=event["total"], completed=event["done"],
+                      description=f"sweep: {event['running']} job(s) running")
         elif stage == "denoising":
             self._steps = event["steps"]
             total = event["videos"] * event["steps"]
             done = (event["video"] - 1) * event["steps"] + event["step"]
-            self._progress.update(self._task, total=total, completed=done,
-                                  description=f"video {event['video']}/{event['videos']} denoising")
+            self.show(total=total, completed=done, description=f"video {event['video']}/{event['videos']} denoising")
         elif stage in ("decode", "write"):
             # progress.json is throttled: the last steps may not have been seen, but they are done
             done = event["video"] * self._steps if self._steps else None
-            self._progress.update(self._task, completed=done,
-                                  description=f"video {event['video']}/{event['videos']} {stage}")
-        elif stage:
-            self._progress.update(self._task, description=stage.replace("_", " "))
-
-    def stop(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
+            self.show(completed=done, description=f"video {event['video']}/{event['videos']} {stage}")
+        else:
+            super().advance(event)
 
 
 def _print_warnings(out, warnings: list[str]) -> None:

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from clusterkit.cli_common import EXECUTOR_OPT, JSON_OPT, get_state
+from clusterkit.cli_common import EXECUTOR_OPT, JSON_OPT, JobProgressBar, get_state
 from clusterkit.output import console, emit
 
 
@@ -70,37 +70,19 @@ def train_command(
     emit("train", result, _render, as_json=state.json)
 
 
-class _ProgressBar:
-    """A rich progress bar over the run's steps, fed from its progress.json."""
+class _ProgressBar(JobProgressBar):
+    """The bar over the run's steps."""
 
-    def __init__(self) -> None:
-        self._progress = None
-        self._task = None
-
-    def start(self, submitted: dict) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+    def announce(self, submitted: dict) -> None:
         _render_submitted(submitted)
-        self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                  TimeElapsedColumn(), console=console(stderr=True), transient=True)
-        self._progress.start()
-        self._task = self._progress.add_task("waiting for the job", total=None)
 
-    def update(self, event: dict) -> None:
-        if self._progress is None:
-            return
-        stage = event.get("stage", "")
-        if stage == "training":
+    def advance(self, event: dict) -> None:
+        if event.get("stage") == "training":
             loss = event.get("loss")
-            self._progress.update(self._task, total=event.get("max_steps"), completed=event.get("step", 0),
-                                  description=f"epoch {event.get('epoch', 0)} loss {loss:.4f}" if loss is not None
-                                  else "training")
-        elif stage:
-            self._progress.update(self._task, description=stage.replace("_", " "))
-
-    def stop(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
+            self.show(total=event.get("max_steps"), completed=event.get("step", 0),
+                      description=f"epoch {event.get('epoch', 0)} loss {loss:.4f}" if loss is not None else "training")
+        else:
+            super().advance(event)
 
 
 def _render_submitted(result: dict) -> None:
