@@ -8,7 +8,8 @@ video is made ``warmup + eval`` times. After the job: the report (``clusterkit.b
 written atomically into the run folder (and to ``--report``), and a ``Calibration`` (measured stage
 times against the cost model's prediction of the same configuration) is stored in the run registry
 for ``clusterkit plan``: for the node's GPU model when the job computed on such a GPU, for the
-benched node alone when it ran on a CPU or another GPU (``clusterkit.calibration``).
+benched node alone when it ran on a CPU or another GPU, and through the local executor only for
+plans that run locally too (the job ran on this host; ``clusterkit.calibration``).
 
 Torch-free: this launches a job and reads its result."""
 
@@ -122,12 +123,13 @@ def bench_infer(
         ckpt_dir = str(Path(ckpt_dir).expanduser().resolve())
     draft = InferRequest(prompts=(prompt,), frames=frames, resolution=resolution, aspect_ratio=aspect_ratio,
                          model=model, ckpt_dir=ckpt_dir, seed=seed, steps=steps)  # --res/--frames checked here
-    choice = choose_settings(project, draft, node=node, force=force, pins=pins, num_videos=1)
+    executor_name = pick_executor(executor)
+    choice = choose_settings(project, draft, node=node, force=force, pins=pins, num_videos=1,
+                             executor=executor_name)
     layout = choice.layout
     if layout.replicas > 1:
         raise UserError(f"a bench makes one video, so it runs one replica group; {layout.describe()} has "
                         f"{layout.replicas} replicas", hint=f"use --gpus {layout.group_size}")
-    executor_name = pick_executor(executor)
     prediction = model_prediction(project.inventory, draft, choice)
     job = load_preset(project.jobs_dir, PRESET)
     run_id = new_run_id(job.kind)
@@ -168,10 +170,10 @@ def bench_infer(
                                  "model_prediction": prediction.summary if prediction else None,
                                  "record": calibration.to_dict() if calibration else None}
     in_run = paths.root / REPORT_FILE
-    atomic_write_json(in_run, the_report)  # first: the measurement survives a --report that fails now
+    write_report(in_run, the_report)  # first: the measurement survives a --report that fails now
     if report_path is not None:
         try:
-            atomic_write_json(report_path, the_report)
+            write_report(report_path, the_report)
         except OSError as exc:
             raise UserError(f"--report {str(report_path)!r}: cannot write it now ({exc.strerror or exc})",
                             hint=f"the report is in {in_run}") from None
@@ -180,6 +182,15 @@ def bench_infer(
     return {**result, "state": "COMPLETED", "report": str(report_path or in_run),
             "report_paths": [str(in_run)] + ([str(report_path)] if report_path else []),
             "summary": summarise(the_report)}
+
+
+def write_report(path: Path, report: dict) -> None:
+    """Write ``report`` atomically, readable by others as any output (0644 under umask 022): the
+    temporary file it is renamed from is private."""
+    atomic_write_json(path, report)
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 def summarise(report: dict) -> dict:
@@ -259,7 +270,8 @@ def calibrate(report: dict, prediction: Prediction | None) -> tuple[Calibration 
         return None, f"a measured time is not positive: {measured}"
     gpu, asked = report["gpu"], report["request"]
     on_node_gpu = gpu["device_type"] == "cuda" and gpu["matches_inventory"]
-    bench = {key: asked[key] for key in ("resolution", "frames", "num_frames", "aspect_ratio", "steps", "dtype")}
+    bench = {key: asked[key] for key in ("resolution", "frames", "num_frames", "height", "width", "aspect_ratio",
+                                         "steps", "dtype")}
     bench.update(layout={k: report["layout"][k] for k in ("world_size", "replicas", "cfg", "sp", "sp_scheme")},
                  model_settings=prediction.summary)
     return Calibration(

@@ -130,10 +130,13 @@ def _render(result: dict) -> None:
         m, p = record["measured"], record["predicted"]
         where = (f"every {record['gpu_model']} node" if record["scope"] == "gpu-model"
                  else f"{record['node']} only (measured on {record['device_name']}, not on a {record['gpu_model']})")
+        if record["executor"] == "local":  # it ran on this host: it describes only runs here
+            where += f", in local plans only (it ran on host {record['host']}, not through Slurm)"
         out.print(f"calibration stored for {escape(where)}, preset {record['preset']}: step {m['step_s']:.4f}s "
                   f"measured vs {p['step_s']:.4f}s modelled, decode {m['decode_s']:.3f}s vs {p['decode_s']:.3f}s, "
                   f"text {m['text_s']:.3f}s vs {p['text_s']:.3f}s, write {m['write_s']:.3f}s vs {p['write_s']:.3f}s")
-        out.print(f"[dim]`clusterkit plan --model {record['preset']} --node {record['node']} ...` uses it[/dim]")
+        local = " --executor local" if record["executor"] == "local" else ""
+        out.print(f"[dim]`clusterkit plan --model {record['preset']} --node {record['node']}{local} ...` uses it[/dim]")
     else:
         out.print(f"[yellow]no calibration stored:[/yellow] {escape(calibration['why_not'])}")
     for path in result["report_paths"]:

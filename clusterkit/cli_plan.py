@@ -41,10 +41,14 @@ def plan_command(
     vae_micro_batch: Optional[int] = typer.Option(None, "--vae-micro-batch", help="Pin frames per VAE decode."),
     model: str = typer.Option("opensora-v1.2", "--model", help="Preset whose `bench infer` calibrations scale "
                               "the time (memory is always opensora-v1.2's): opensora-v1.2 | tiny."),
+    executor: str = typer.Option(
+        "auto", "--executor", help="Where the planned ranks run: auto (Slurm when a controller answers, else local) "
+        "| slurm | local. Calibrations benched with the local executor apply only to local plans."),
     json_flag: bool = JSON_OPT,
 ) -> None:
     """Predict memory and time of Open-Sora 1.2 on every node; say why a node cannot run it."""
     from clusterkit.calibration import CalibrationStore
+    from clusterkit.launch.executors import pick_executor
     from clusterkit.planner import PlanRequest, plan
     from opensora_core.presets import get_preset
 
@@ -57,17 +61,21 @@ def plan_command(
         dtype=dtype, attention=attention, t5=t5, vae_micro_batch=vae_micro_batch,
     )
     preset = get_preset(model).name  # InvalidChoice naming the presets
+    executor_name = pick_executor(executor)  # InvalidChoice naming auto, slurm, local
     project = state.project()
-    result = plan(project.inventory, request, CalibrationStore(project.runs_dir).all(preset))
+    calibrations, notes = CalibrationStore(project.runs_dir).read(preset) if task == "infer" else ([], [])
+    result = plan(project.inventory, request, calibrations, executor=executor_name)
     ok = result.best() is not None
-    data = {**result.to_dict(), "calibration_preset": preset if task == "infer" else None}
-    emit("plan", data, lambda _: render_plan(result), as_json=state.json, ok=ok)
+    data = {**result.to_dict(), "calibration_preset": preset if task == "infer" else None,
+            "calibration_notes": notes}
+    emit("plan", data, lambda _: render_plan(result, notes), as_json=state.json, ok=ok)
     if not ok:
         raise typer.Exit(EXIT_FAILED)
 
 
-def render_plan(result) -> None:
-    """The plan as a table (fits 80 columns), then per-node notes, reasons and alternatives."""
+def render_plan(result, calibration_notes=()) -> None:
+    """The plan as a table (fits 80 columns), then per-node notes, reasons and alternatives;
+    ``calibration_notes``: calibration rows that could not be read (``CalibrationStore.read``)."""
     from rich import box
     from rich.markup import escape
     from rich.table import Table
@@ -76,7 +84,7 @@ def render_plan(result) -> None:
     out = console()
     videos = f", {request.num_videos} video{'s' if request.num_videos > 1 else ''}" if request.task == "infer" else ""
     out.print(f"[bold]plan[/bold] {request.task} {escape(request.describe())}, {request.objective}{videos}")
-    for warning in result.warnings:
+    for warning in (*result.warnings, *calibration_notes):
         out.print(f"[yellow]warning:[/yellow] {escape(warning)}")
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True)
     per = ("s/step", "smp/h") if request.task == "train" else ("s/video", "vid/h")
@@ -97,9 +105,12 @@ def render_plan(result) -> None:
 
 
 def _print_calibrations(out, nodes, unit: str, escape) -> None:
-    """One line per calibrated node (marked * in the table): the calibrated figure, the model's, and
-    the bench it comes from (run, when, device)."""
+    """One line per calibrated node (marked * in the table): the calibrated figure, the model's, the
+    bench it comes from (run, when, device) and, when the bench ran another configuration, which;
+    then the calibrations the plan leaves out (a local bench in a Slurm plan)."""
     for node in nodes:
+        for note in node.calibration_notes:
+            out.print(f"[dim]{escape(node.name)}: {escape(note)}[/dim]")
         c = node.calibration
         if c is None:
             continue
@@ -109,8 +120,14 @@ def _print_calibrations(out, nodes, unit: str, escape) -> None:
         else:
             figure = "cannot run"
         scope = "this node only" if c.scope == "node" else f"every {c.gpu_model} node"
-        out.print(f"* [bold]{escape(node.name)}[/bold] calibrated: {figure}; from {escape(c.source)} "
-                  f"[dim](applies to {escape(scope)})[/dim]")
+        if c.executor == "local":
+            scope += ", local plans"
+        elsewhere = ""
+        if node.calibration_differs:
+            comm = "; communication from the model" if "layout" in node.calibration_differs else ""
+            elsewhere = f"; calibrated at {c.measured_at} ({', '.join(node.calibration_differs)} differ{comm})"
+        out.print(f"* [bold]{escape(node.name)}[/bold] calibrated: {figure}; from {escape(c.source)}"
+                  f"{escape(elsewhere)} [dim](applies to {escape(scope)})[/dim]")
 
 
 def _row(node, train: bool) -> list[str]:

@@ -58,7 +58,8 @@ def infer_command(
     refine_config: Optional[str] = typer.Option(
         None, "--refine-config", help="Refine settings (template, command, http); default env/refine.yaml."),
     reference_path: list[str] = typer.Option(
-        [], "--reference-path", help="Per prompt (repeat once per prompt, in order; \"\" for none): ';'-separated "
+        [], "--reference-path", help="Per prompt (repeat once per prompt, in order; \"\" for none; with "
+        "--start-index/--end-index once per prompt of the whole list or once per selected prompt): ';'-separated "
         "reference images/videos. Or in the prompt: text{\"reference_path\": ..., \"mask_strategy\": ...}. "
         "See docs/inference-modes.md."),
     mask_strategy: list[str] = typer.Option(
@@ -76,8 +77,11 @@ def infer_command(
     flow: Optional[float] = typer.Option(None, "--flow", help="Motion score appended to each prompt."),
     camera_motion: Optional[str] = typer.Option(
         None, "--camera-motion", help="Camera motion appended to each prompt (e.g. 'pan left', 'zoom in')."),
-    batch_size: int = typer.Option(1, "--batch-size", help="Videos denoised together (speed only)."),
-    start_index: int = typer.Option(0, "--start-index", help="First prompt to run (file names keep the index)."),
+    batch_size: int = typer.Option(
+        1, "--batch-size", help="Videos per pass (upstream's option). Each still goes through the model alone, "
+        "so results never depend on it and it gives no speedup; use replicas (--gpus) for throughput."),
+    start_index: int = typer.Option(0, "--start-index", help="First prompt to run (file names and the index's "
+                                    "prompt_index keep the prompt's place in the list)."),
     end_index: Optional[int] = typer.Option(None, "--end-index", help="Stop before this prompt."),
     json_flag: bool = JSON_OPT,
 ) -> None:
@@ -186,6 +190,10 @@ def _print_refinement(out, refine: dict | None) -> None:
     from rich.markup import escape
 
     if not refine:
+        return
+    if refine.get("dry_run"):  # a command or an endpoint: not called on a dry run
+        count = len({pair["prompt"] for pair in refine["prompts"]})
+        out.print(f"would refine {count} prompt(s) with {escape(refine['via'])} (a dry run calls no refiner)")
         return
     how = "reused from the sweep's manifest" if refine.get("reused") else f"in {refine['seconds']:.1f} s"
     out.print(f"prompts refined by {escape(refine['via'])} ({how}):")

@@ -234,14 +234,17 @@ class Timing:
         """The sampling loop: DiT compute, naive-attention traffic and collectives (every step)."""
         return self.dit + self.attention + self.comm
 
-    def calibrated(self, ratios: dict) -> Timing:
+    def calibrated(self, ratios: dict, scale_comm: bool = True) -> Timing:
         """This timing scaled by measured / predicted per stage (``clusterkit bench infer``,
         ``clusterkit.calibration``): ``text_s`` scales the text term, ``step_s`` the denoising terms
-        (DiT, attention traffic, collectives), ``decode_s`` the VAE decode and ``write_s`` the fixed
-        per-video term (set-up and writing the file)."""
+        (DiT, attention traffic and, with ``scale_comm``, collectives), ``decode_s`` the VAE decode
+        and ``write_s`` the fixed per-video term (set-up and writing the file). The planner passes
+        ``scale_comm=False`` when the bench ran another SP/CFG layout: its step measured other
+        collectives (or none), so they keep the model's figure."""
         step = ratios["step_s"]
         return Timing(text=self.text * ratios["text_s"], dit=self.dit * step, attention=self.attention * step,
-                      comm=self.comm * step, vae=self.vae * ratios["decode_s"], fixed=self.fixed * ratios["write_s"])
+                      comm=self.comm * (step if scale_comm else 1.0), vae=self.vae * ratios["decode_s"],
+                      fixed=self.fixed * ratios["write_s"])
 
 
 def dit_forward_flops(work: Workload, sp: int = 1) -> float:

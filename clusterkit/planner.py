@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from clusterkit import costmodel as cm
-from clusterkit.calibration import Calibration, pick
+from clusterkit.calibration import EXECUTORS, Calibration, Configuration, pick
 from clusterkit.errors import InvalidChoice, UserError
 from clusterkit.gpus import GPUSpec
 from opensora_core import geometry
@@ -241,16 +241,22 @@ class NodePlan:
     pins: dict = field(default_factory=dict)
     calibration: Calibration | None = None
     """The ``clusterkit bench infer`` calibration that speaks for this node (``calibration.pick``), or None."""
+    calibration_differs: tuple[str, ...] = ()
+    """What of the planned configuration the calibration's bench did not run (``Calibration.differences``)."""
+    calibration_notes: tuple[str, ...] = ()
+    """Calibrations of this node that the plan does not use, and why (a local bench in a Slurm plan)."""
 
     @property
     def timing(self) -> cm.Timing | None:
         """The planner's estimate of the chosen candidate: the cost model's, scaled by the calibration
-        when there is one. None when the node has no candidate."""
+        when there is one (collectives only when the bench ran the same SP/CFG layout). None when the
+        node has no candidate."""
         if self.chosen is None:
             return None
         if self.calibration is None:
             return self.chosen.timing
-        return self.chosen.timing.calibrated(self.calibration.ratios)
+        return self.chosen.timing.calibrated(self.calibration.ratios,
+                                             scale_comm="layout" not in self.calibration_differs)
 
     @property
     def seconds(self) -> float | None:
@@ -303,6 +309,7 @@ class NodePlan:
             "videos_per_hour": round(self.videos_per_hour, 2) if feasible else 0.0,
             "source": "calibrated" if c is not None else "model",
             "calibration": None,
+            "notes": list(self.calibration_notes),
         }
         if c is not None:
             out["calibration"] = {
@@ -313,6 +320,10 @@ class NodePlan:
                 "ratios": {k: round(v, 4) for k, v in c.ratios.items()},
                 "factor": round(self.seconds / self.chosen.seconds, 4) if feasible else None,
                 "bench": dict(c.bench),
+                "measured_at": c.measured_at,
+                "same_configuration": not self.calibration_differs,
+                "differs": list(self.calibration_differs),
+                "communication_scaled": "layout" not in self.calibration_differs,
             }
         return out
 
@@ -323,6 +334,8 @@ class Plan:
 
     request: PlanRequest
     nodes: tuple[NodePlan, ...]
+    executor: str = "slurm"
+    """Where the planned ranks run (``slurm`` or ``local``): decides which calibrations apply."""
 
     @property
     def warnings(self) -> tuple[str, ...]:
@@ -337,7 +350,7 @@ class Plan:
 
     def to_dict(self) -> dict:
         best = self.best()
-        return {"request": self.request.to_dict(), "warnings": list(self.warnings),
+        return {"request": self.request.to_dict(), "warnings": list(self.warnings), "executor": self.executor,
                 "best": best.name if best else None, "nodes": [n.to_dict() for n in self.nodes]}
 
 
@@ -354,10 +367,12 @@ class NodeFacts:
     fabric_note: str | None = None
 
 
-def plan(inventory, request: PlanRequest, calibrations: Sequence[Calibration] = ()) -> Plan:
+def plan(inventory, request: PlanRequest, calibrations: Sequence[Calibration] = (), executor: str = "slurm") -> Plan:
     """Plan ``request`` on the nodes it selects from ``inventory``. Pure; no I/O. ``calibrations``
     (``clusterkit bench infer`` records of the preset planned for, ``clusterkit.calibration``) scale
-    the estimate of each inference node they speak for (``calibration.pick``); training ignores them."""
+    the estimate of each inference node they speak for in a plan whose ranks run through
+    ``executor`` (``calibration.pick``: a local bench only for a local plan); training ignores them."""
+    _one_of("executor", executor, EXECUTORS)
     calibrations = tuple(calibrations) if request.task == "infer" else ()
     work = cm.Workload.of(request.task, request.num_frames, request.height, request.width, request.steps)
     estimates = _Estimates()
@@ -371,9 +386,34 @@ def plan(inventory, request: PlanRequest, calibrations: Sequence[Calibration] = 
         facts = node_facts(node, specs[node.gpu.model])
         if facts not in verdicts:
             verdicts[facts] = _plan_node(facts, request, work, estimates)
-        nodes.append(NodePlan(node.name, facts.gpu, facts.count, *verdicts[facts], pins=pins,
-                              calibration=pick(calibrations, node.name, facts.gpu.key)))
-    return Plan(request, tuple(nodes))
+        verdict = verdicts[facts]
+        nodes.append(NodePlan(node.name, facts.gpu, facts.count, *verdict, pins=pins,
+                              **_calibration(calibrations, node.name, facts.gpu.key, executor,
+                                             _target(request, verdict[1]))))
+    return Plan(request, tuple(nodes), executor)
+
+
+def _target(request: PlanRequest, chosen: Candidate | None) -> Configuration:
+    """The planned configuration a calibration is compared with: the video and the chosen group layout."""
+    layout = chosen.layout if chosen is not None else None
+    return Configuration(request.height, request.width, request.num_frames, layout.sp if layout else None,
+                         layout.cfg_parallel if layout else None)
+
+
+def _calibration(calibrations: tuple[Calibration, ...], node: str, gpu_model: str, executor: str,
+                 target: Configuration) -> dict:
+    """The NodePlan fields of the calibration that speaks for ``node``, what it did not measure, and a
+    note for a local bench of this node that a non-local plan leaves out."""
+    if not calibrations:
+        return {}
+    found = pick(calibrations, node, gpu_model, executor, target)
+    notes = ()
+    local = pick(calibrations, node, gpu_model, "local", target) if executor != "local" else None
+    if local is not None and local.executor == "local" and local != found:
+        notes = (f"bench run {local.run_id} ({local.when}, {local.preset}, {local.device_name}) measured locally on "
+                 f"host {local.host or '?'}; not used for {executor} plans (--executor local uses it)",)
+    return {"calibration": found, "calibration_differs": found.differences(target) if found else (),
+            "calibration_notes": notes}
 
 
 def choose(plan: Plan, node: str | None = None) -> NodePlan:

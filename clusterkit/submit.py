@@ -33,6 +33,7 @@ from clusterkit.launch.records import new_run_id, read_json
 from clusterkit.launch.render import RunPaths
 from clusterkit.launch.spec import LaunchSpec, node_slots
 from clusterkit.project import Project
+from opensora_core.errors import ConditioningError
 from opensora_core.inference.prompts import check_prompts, read_prompts_file
 from opensora_core.inference.request import InferRequest
 from opensora_core.parallel.layout import DEFAULT_SP_SCHEME, ParallelLayout, check_sp_degree
@@ -132,7 +133,8 @@ def submit_infer(
     anything is written or submitted. ``on_submitted(result)`` runs once the job is submitted and
     before waiting; ``on_progress(event)`` on every poll while waiting (the job's progress.json).
     ``refine`` (none|template|command|http, settings from ``refine_config`` or env/refine.yaml, keys
-    from ``environ``) refines the prompts here, once, after every other check (``clusterkit.refine``).
+    from ``environ``) refines the prompts here, once, after every other check (``clusterkit.refine``);
+    a dry run checks the config and the key but calls no command or endpoint (the template still runs).
     ``start_index`` / ``end_index`` take a slice of the prompts (file names keep their index);
     ``options`` are more ``InferRequest`` fields (``CONDITIONING_OPTIONS``: references, mask
     strategies, loops, scores, batch size; docs/inference-modes.md). Every reference is opened
@@ -140,11 +142,13 @@ def submit_infer(
     preset = get_preset(model)
     pins = LayoutPins(gpus, sp, cfg_parallel, sp_scheme)
     pins.check(preset.stdit3_config.get("num_heads", 16))  # before anything is read, planned or written
-    refiner = _refiner(project, refine, refine_config, environ)
-    prompt_list = slice_prompts(_prompts(prompts, prompts_file), start_index, end_index)
+    refiner = _refiner(project, refine, refine_config, environ, camera_motion=options.get("camera_motion"))
+    all_prompts = _prompts(prompts, prompts_file)
+    prompt_list = slice_prompts(all_prompts, start_index, end_index)
     unknown = sorted(set(options) - set(CONDITIONING_OPTIONS))
     if unknown:
         raise TypeError(f"submit_infer: unknown options {unknown}")
+    options = slice_per_prompt(options, len(all_prompts), start_index, end_index)
     if ckpt_dir is not None:
         checkpoint_paths(ckpt_dir)  # the layout, from file names: missing components fail here
         ckpt_dir = str(Path(ckpt_dir).expanduser().resolve())
@@ -152,8 +156,9 @@ def submit_infer(
                          model=model, ckpt_dir=ckpt_dir, seed=seed, steps=steps, num_samples=num_samples,
                          cfg_scale=cfg_scale, fps=fps, start_index=start_index, **options)
     draft = draft.with_absolute_references()  # missing / unreadable references fail here, on this host
-    choice = choose_settings(project, draft, node=node, force=force, pins=pins)
-    refinement = _refine(draft.prompts, refiner)
+    executor_name = pick_executor(executor)  # local benches calibrate only plans that run locally
+    choice = choose_settings(project, draft, node=node, force=force, pins=pins, executor=executor_name)
+    refinement = _refine(draft.prompts, refiner, dry_run=dry_run)  # a dry run calls no command or endpoint
     job = load_preset(project.jobs_dir, PRESET)
     run_id = new_run_id(job.kind)
     paths = RunPaths(project.registry.run_dir(run_id))
@@ -165,14 +170,14 @@ def submit_infer(
                               "output_dir": str(output_dir), "notes": choice.notes, "node": choice.node,
                               "sp": layout.sp, "cfg_parallel": layout.cfg_enabled, "sp_scheme": layout.sp_scheme,
                               "refined_prompts": refinement.prompts if refinement else None,
-                              "refiner": refinement.refiner if refinement else None})
+                              "refiner": None if refinement is None or refinement.dry_run else refinement.refiner})
     spec = LaunchSpec(
         run_id=run_id, kind=job.kind, nodes=node_slots(project.inventory, choice.node),
         gpus_per_node=layout.world_size,
         entry=job.entry,
         args=(*job.args, "--request", str(paths.root / REQUEST_FILE), "--prompts", str(paths.root / PROMPTS_FILE),
               "--result", str(paths.result)),
-        executor=pick_executor(executor), base_profile=job.nccl_profile, nccl_profile=nccl_profile,
+        executor=executor_name, base_profile=job.nccl_profile, nccl_profile=nccl_profile,
         env=dict(env or {}), time_limit_min=job.time_limit_min, port_range=job.port_range,
         rdzv_timeout_s=job.rdzv_timeout_s, cpus_per_task=job.cpus_per_task,
     )
@@ -210,9 +215,11 @@ TINY_SETTINGS = {"dtype": "fp32", "t5_device": "gpu", "t5_dtype": "fp32", "vae_m
 
 def choose_settings(project: Project, request: InferRequest, *, node: str | None, force: bool,
                     pins: LayoutPins = LayoutPins(), objective: str | None = None,
-                    num_videos: int | None = None) -> Choice:
+                    num_videos: int | None = None, executor: str = "slurm") -> Choice:
     """The node, the layout and the request fields the plan decides (see the module docstring).
-    ``num_videos`` (default: the request's) caps the replicas; ``objective`` is the planner's."""
+    ``num_videos`` (default: the request's) caps the replicas; ``objective`` is the planner's;
+    ``executor`` (resolved: slurm or local) is where the job runs, so which `bench infer`
+    calibrations rank the nodes (one benched with the local executor only a local run)."""
     from clusterkit.planner import PlanRequest, choose, plan
 
     if node is not None:
@@ -228,7 +235,8 @@ def choose_settings(project: Project, request: InferRequest, *, node: str | None
     from clusterkit.calibration import CalibrationStore
 
     # `clusterkit bench infer` calibrations of this preset rank the nodes as `clusterkit plan` does
-    the_plan = plan(project.inventory, plan_request, CalibrationStore(project.runs_dir).all(request.model))
+    calibrations, skipped = CalibrationStore(project.runs_dir).read(request.model)
+    the_plan = plan(project.inventory, plan_request, calibrations, executor=executor)
     if tiny:
         try:
             best = choose(the_plan, node) if node else choose(the_plan)
@@ -241,7 +249,7 @@ def choose_settings(project: Project, request: InferRequest, *, node: str | None
         _check_gpus(project, name, fixed)
         return Choice(name, dict(TINY_SETTINGS), None,
                       ((f"--model tiny: the planner sizes opensora-v1.2 only, so tiny runs fp32 with default "
-                        f"settings on {name} ({why}), layout {fixed.describe()}"),), fixed, seconds)
+                        f"settings on {name} ({why}), layout {fixed.describe()}"), *skipped), fixed, seconds)
     try:
         chosen = choose(the_plan, node)
         s = chosen.chosen.settings
@@ -263,7 +271,7 @@ def choose_settings(project: Project, request: InferRequest, *, node: str | None
         settings["t5_device"], settings["t5_dtype"] = "gpu", "bf16" if settings["dtype"] == "bf16" else "fp32"
         settings["t5_offload"] = True
     layout = _planned_layout(chosen, pins, request.num_heads)
-    return Choice(chosen.name, {k: v for k, v in settings.items() if v is not None}, plan_dict, tuple(notes),
+    return Choice(chosen.name, {k: v for k, v in settings.items() if v is not None}, plan_dict, (*notes, *skipped),
                   layout, chosen.seconds)
 
 
@@ -309,21 +317,24 @@ def wait_for_infer(
     raise JobFailed(f"run {run_id} failed: {detail}", hint=logs + (f" ({record.summary})" if record.summary else ""))
 
 
-def _refiner(project: Project, method: str, config: str | None, environ: Mapping[str, str] | None):
+def _refiner(project: Project, method: str, config: str | None, environ: Mapping[str, str] | None, *,
+             camera_motion: str | None = None):
     """The refiner of ``--refine`` (None for none), its config and key checked; nothing runs yet."""
     if method == "none" and config is None:
         return None
     from clusterkit.refine import build_refiner, find_refine_config
 
-    return build_refiner(method, find_refine_config(project.env_dir, config), environ or {})
+    return build_refiner(method, find_refine_config(project.env_dir, config), environ or {},
+                         camera_motion=camera_motion)
 
 
-def _refine(prompts: tuple[str, ...], refiner):
+def _refine(prompts: tuple[str, ...], refiner, *, dry_run: bool = False):
+    """The ``Refinement`` (None without a refiner); with ``dry_run`` only a pure refiner (the template) runs."""
     if refiner is None:
         return None
     from clusterkit.refine import refine_prompts
 
-    return refine_prompts(prompts, refiner)
+    return refine_prompts(prompts, refiner, dry_run=dry_run)
 
 
 #: ``InferRequest`` fields ``submit_infer`` takes as keyword options (docs/inference-modes.md).
@@ -341,6 +352,37 @@ def slice_prompts(prompts: tuple[str, ...], start: int = 0, end: int | None = No
         raise UserError(f"--end-index {end!r} must be an integer in {start + 1}..{count} "
                         f"(after --start-index {start}; {count} prompt(s))")
     return prompts[start:end]
+
+
+#: ``submit_infer`` options holding one entry per prompt, and their flags.
+PER_PROMPT_OPTIONS = {"reference_paths": "--reference-path", "mask_strategies": "--mask-strategy"}
+
+
+def slice_per_prompt(options: Mapping, count: int, start: int = 0, end: int | None = None) -> dict:
+    """``options`` with each per-prompt list (``PER_PROMPT_OPTIONS``) fitted to the prompts
+    ``[start:end]`` of a ``count``-prompt list: one entry per prompt of the list is sliced like the
+    prompts, one per selected prompt is kept as it is; any other count is a ``ConditioningError``
+    naming both counts."""
+    stop = count if end is None else end
+    selected = stop - start
+    out = dict(options)
+    for key, flag in PER_PROMPT_OPTIONS.items():
+        values = tuple(options.get(key) or ())
+        if not values or len(values) == selected:
+            continue
+        if len(values) == count:
+            out[key] = values[start:stop]
+            continue
+        if selected == count:
+            raise ConditioningError(f"{flag} was given {len(values)} time(s) for {count} prompt(s): give it once per "
+                                    "prompt, in order (\"\" for a prompt without), as upstream",
+                                    hint='or put it in the prompt: text{"reference_path": ..., "mask_strategy": ...}')
+        raise ConditioningError(f"{flag} was given {len(values)} time(s) for prompts {start}..{stop - 1} of {count} "
+                                f"(--start-index {start}, --end-index {stop}): give it once per prompt of the list "
+                                f"({count}) or once per selected prompt ({selected}), in order (\"\" for a prompt "
+                                "without)", hint='or put it in the prompt: text{"reference_path": ..., '
+                                '"mask_strategy": ...}')
+    return out
 
 
 def _prompts(prompts: tuple[str, ...], prompts_file: str | None) -> tuple[str, ...]:

@@ -35,7 +35,7 @@ from clusterkit.launch.records import atomic_write_json, new_run_id, read_json
 from clusterkit.launch.render import RunPaths
 from clusterkit.launch.spec import LaunchSpec, node_slots
 from clusterkit.project import Project
-from clusterkit.submit import (PRESET, PROMPTS_FILE, REQUEST_FILE, LayoutPins, _prompts, _refine, _refiner, _warnings,
+from clusterkit.submit import (PRESET, PROMPTS_FILE, REQUEST_FILE, LayoutPins, _prompts, _refine, _warnings,
                                choose_settings)
 from opensora_core.inference import records
 from opensora_core.inference.request import InferRequest, VideoItem
@@ -72,12 +72,11 @@ def split_videos(videos: list, groups: list[Group]) -> dict[str, list]:
     return out
 
 
-def sweep_id(request: InferRequest, refiner: str | None = None) -> str:
+def sweep_id(request: InferRequest, refine: Mapping[str, str] | None = None) -> str:
     """``sweep-<12 hex>`` from the settings that decide the videos and the prompts, in order; with
-    ``--refine``, also from the refiner's name (``refiner``, else the request's)."""
-    identity = _identity(request)
-    if refiner is not None:
-        identity["refiner"] = refiner
+    ``--refine``, also from ``refine`` (``clusterkit.refine.refine_identity``: the refiner and a digest
+    of its settings), so other refine settings make another sweep."""
+    identity = _identity(request, refine)
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
     return f"sweep-{digest[:12]}"
 
@@ -119,11 +118,12 @@ def submit_sweep(
     """Plan, split and submit the videos of a sweep still missing from its output folder (see the
     module docstring). Every input error is raised before anything is written or submitted.
     ``refine`` (as ``submit_infer``'s) refines the prompts once, before the split; a resumed sweep
-    reuses the refined prompts its manifest holds, so every video of a sweep has the same ones."""
+    reuses the refined prompts its manifest holds, so every video of a sweep has the same ones, and
+    needs no key then. A dry run calls no command or endpoint (the template still runs)."""
     preset = get_preset(model)
     pins = LayoutPins(gpus, sp, cfg_parallel, sp_scheme)
     pins.check(preset.stdit3_config.get("num_heads", 16))
-    refiner = _refiner(project, refine, refine_config, environ)
+    loaded_refine, refine_id = _refine_settings(project, refine, refine_config)  # checked; no key read yet
     names = [n.name for n in project.inventory.select(nodes)]  # unknown names: an error with the valid ones
     prompt_list = _prompts(prompts, prompts_file)
     if ckpt_dir is not None:
@@ -135,12 +135,12 @@ def submit_sweep(
     if draft.conditioned:  # a prompt's {"reference_path": ...} suffix (docs/inference-modes.md)
         raise UserError("reference_path / mask_strategy in a prompt are not supported with --nodes (a sweep) yet",
                         hint="run those prompts on one node (--node, or no --nodes)")
-    sweep = sweep_id(draft, refiner.name if refiner else None)
+    sweep = sweep_id(draft, refine_id)
     draft = InferRequest(**{**draft.to_dict(), "name": sweep})
     output_dir = Path(output).expanduser().resolve() if output else project.runs_dir / "sweeps" / sweep
     if output_dir.exists() and not output_dir.is_dir():
         raise UserError(f"--output {str(output_dir)!r} is a file, not a folder")
-    manifest = _check_manifest(project, output_dir, sweep, draft, refiner.name if refiner else None)
+    manifest = _check_manifest(project, output_dir, sweep, draft, refine_id)
     done = records.completed(output_dir)
     todo = [v for v in draft.videos() if v.filename not in done]
     result = {"sweep": sweep, "output_dir": str(output_dir), "model": preset.name, "dry_run": dry_run,
@@ -150,20 +150,29 @@ def submit_sweep(
     if not todo:
         if not dry_run:
             result["index"] = str(output_dir / records.INDEX)
-            _save_manifest(output_dir, manifest, draft, sweep, [])
+            _save_manifest(output_dir, manifest, draft, sweep, [], refine_id)
             result.update(collect(output_dir))
         return result
+    saved = _saved_refinement(manifest, draft) if refine_id else None
+    refiner = None
+    if refine_id and saved is None:  # the key is needed only when the prompts are refined now
+        from clusterkit.refine import build_refiner
+
+        refiner = build_refiner(refine, loaded_refine, environ or {})
     plans, result["skipped"] = _plan_nodes(project, draft, names, pins, force, len(todo))
     if not plans:
         raise UserError(f"no node of {nodes} can run this sweep: "
                         + "; ".join(f"{n}: {why}" for n, why in result["skipped"].items()))
-    refinement = _sweep_refinement(manifest, draft, refiner) if refiner else None  # after every check, before the split
+    # after every check, before the split; a dry run calls no command or endpoint
+    refinement = saved or (_new_refinement(draft, refiner, dry_run) if refiner else None)
     if refinement is not None:
-        draft = InferRequest(**{**draft.to_dict(), "refined_prompts": tuple(refinement["prompts"]),
-                                "refiner": refinement["refiner"]})
-        todo = [v for v in draft.videos() if v.filename not in done]
-        result["refine"] = {**refinement, "prompts": [{"prompt": p, "refined_prompt": r}
-                                                      for p, r in zip(draft.prompts, refinement["prompts"])]}
+        refined = refinement["prompts"]
+        if refined is not None:
+            draft = InferRequest(**{**draft.to_dict(), "refined_prompts": tuple(refined),
+                                    "refiner": refinement["refiner"]})
+            todo = [v for v in draft.videos() if v.filename not in done]
+        result["refine"] = {**refinement, "prompts": [
+            {"prompt": p, "refined_prompt": r} for p, r in zip(draft.prompts, refined or [None] * len(draft.prompts))]}
     groups = [Group(name, choice.seconds or 1.0) for name, choice in plans.items()
               for _ in range(choice.layout.replicas)]
     shares = split_videos(todo, groups)
@@ -200,7 +209,7 @@ def submit_sweep(
         result["runs"].append({**row, "job_ids": submitted["job_ids"], "executor": submitted["executor"],
                                "run_dir": submitted["run_dir"]})
         if not dry_run:
-            _save_manifest(output_dir, manifest, draft, sweep, result["runs"][-1:], refinement)
+            _save_manifest(output_dir, manifest, draft, sweep, result["runs"][-1:], refine_id, refinement)
             manifest = read_json(output_dir / records.MANIFEST)
     if dry_run or not wait:
         return result
@@ -260,8 +269,9 @@ def _plan_nodes(project: Project, draft: InferRequest, names: list[str], pins: L
 
 
 def _check_manifest(project: Project, output_dir: Path, sweep: str, draft: InferRequest,
-                    refiner: str | None = None) -> dict | None:
-    """The folder's manifest; refuses another sweep's folder and a sweep whose jobs still run."""
+                    refine: Mapping[str, str] | None = None) -> dict | None:
+    """The folder's manifest; refuses another sweep's folder (naming what differs) and a sweep whose
+    jobs still run."""
     manifest = read_json(output_dir / records.MANIFEST)
     if manifest is None:
         if output_dir.is_dir() and any(output_dir.iterdir()):
@@ -270,10 +280,17 @@ def _check_manifest(project: Project, output_dir: Path, sweep: str, draft: Infer
         return None
     if manifest.get("sweep") != sweep:
         old = manifest.get("settings", {})
-        new = {**_identity(draft), **({"refiner": refiner} if refiner else {})}
-        changed = sorted(k for k in (*IDENTITY, "prompts", "refiner") if old.get(k) != new.get(k))
+        new = _identity(draft, refine)
+        changed = sorted(k for k in (*IDENTITY, "prompts", "refiner", "refine_settings") if old.get(k) != new.get(k))
+        why = ""
+        if "refiner" in changed:  # another refiner (or none): its settings differ as a matter of course
+            changed = [k for k in changed if k != "refine_settings"]
+        elif "refine_settings" in changed:
+            via = (manifest.get("refine") or {}).get("via", old.get("refiner"))
+            why = (f"; its refined prompts were made by {via} with other {old.get('refiner')} settings (the "
+                   "template's parts, the command's argv, or the endpoint's url, model, temperature or system prompt)")
         raise UserError(f"{str(output_dir)!r} holds sweep {manifest.get('sweep')}, made with other settings "
-                        f"({', '.join(changed) or 'prompts'} differ)",
+                        f"({', '.join(changed) or 'prompts'} differ){why}",
                         hint="use the same settings and prompts to resume it, or another --output")
     active = []
     records_of = []
@@ -292,9 +309,9 @@ def _check_manifest(project: Project, output_dir: Path, sweep: str, draft: Infer
 
 
 def _save_manifest(output_dir: Path, manifest: dict | None, draft: InferRequest, sweep: str, new_runs: list,
-                   refinement: dict | None = None) -> None:
+                   refine: Mapping[str, str] | None = None, refinement: dict | None = None) -> None:
     output_dir.mkdir(parents=True, exist_ok=True)
-    manifest = manifest or {"schema": MANIFEST_SCHEMA, "sweep": sweep, "settings": _identity(draft),
+    manifest = manifest or {"schema": MANIFEST_SCHEMA, "sweep": sweep, "settings": _identity(draft, refine),
                             "videos": [_video(v) for v in draft.videos()], "runs": []}
     if refinement is not None and "refine" not in manifest:
         manifest["refine"] = {k: refinement[k] for k in ("refiner", "via", "prompts")}
@@ -303,26 +320,42 @@ def _save_manifest(output_dir: Path, manifest: dict | None, draft: InferRequest,
     atomic_write_json(output_dir / records.MANIFEST, manifest)
 
 
-def _identity(request: InferRequest) -> dict:
-    identity = {**{key: getattr(request, key) for key in IDENTITY}, "prompts": list(request.prompts)}
-    if request.refiner is not None:  # only then: unrefined sweeps keep the ids they had before --refine existed
-        identity["refiner"] = request.refiner
-    return identity
+def _identity(request: InferRequest, refine: Mapping[str, str] | None = None) -> dict:
+    # ``refine`` only when refining: unrefined sweeps keep the ids they had before --refine existed
+    return {**{key: getattr(request, key) for key in IDENTITY}, "prompts": list(request.prompts), **(refine or {})}
 
 
-def _sweep_refinement(manifest: dict | None, draft: InferRequest, refiner) -> dict:
-    """The sweep's refined prompts: the manifest's when it has them (a resumed sweep never refines
-    again: an LLM would answer other text), else refined now, once, before the split."""
+def _refine_settings(project: Project, method: str, config: str | None):
+    """(the refine config, ``refine_identity``) of ``--refine``: (None, {}) for none; the config and the
+    method checked, the key not read (a resumed sweep reuses its texts and needs none)."""
+    if method == "none" and config is None:
+        return None, {}
+    from clusterkit.refine import find_refine_config, refine_identity
+
+    loaded = find_refine_config(project.env_dir, config)
+    return loaded, refine_identity(method, loaded)
+
+
+def _saved_refinement(manifest: dict | None, draft: InferRequest) -> dict | None:
+    """The refined prompts a resumed sweep's manifest holds (never refined again: an LLM would answer
+    other text); the manifest's identity holds the refiner and a digest of its settings, so they
+    were made by the same settings."""
     saved = (manifest or {}).get("refine")
-    if saved is not None:
-        if len(saved.get("prompts", ())) != len(draft.prompts):
-            raise UserError(f"the sweep manifest's refined prompts do not match its {len(draft.prompts)} prompts",
-                            hint="use another --output")
-        return {"refiner": saved["refiner"], "via": saved.get("via", saved["refiner"]), "seconds": 0.0,
-                "prompts": list(saved["prompts"]), "reused": True}
-    done = _refine(draft.prompts, refiner)
+    if saved is None:
+        return None
+    if len(saved.get("prompts", ())) != len(draft.prompts):
+        raise UserError(f"the sweep manifest's refined prompts do not match its {len(draft.prompts)} prompts",
+                        hint="use another --output")
+    return {"refiner": saved["refiner"], "via": saved.get("via", saved["refiner"]), "seconds": 0.0,
+            "prompts": list(saved["prompts"]), "reused": True, "dry_run": False}
+
+
+def _new_refinement(draft: InferRequest, refiner, dry_run: bool) -> dict:
+    """The prompts refined now, once, before the split; on a dry run only by a pure refiner (the
+    template): else ``prompts`` is None and ``dry_run`` True."""
+    done = _refine(draft.prompts, refiner, dry_run=dry_run)
     return {"refiner": done.refiner, "via": done.via, "seconds": round(done.seconds, 3),
-            "prompts": list(done.prompts), "reused": False}
+            "prompts": None if done.dry_run else list(done.prompts), "reused": False, "dry_run": done.dry_run}
 
 
 def _video(video: VideoItem) -> dict:

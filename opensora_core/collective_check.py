@@ -54,6 +54,10 @@ class Heartbeat:
         os.replace(tmp, self.path)
 
 
+#: Seconds the process group waits beyond --timeout before it aborts a collective itself.
+WATCHER_MARGIN_S = 60.0
+
+
 def _check_all_reduce(world: int, rank: int, device: torch.device) -> dict:
     tensor = torch.full((1024,), float(rank + 1), device=device)
     dist.all_reduce(tensor)
@@ -154,7 +158,11 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.set_device(device)
     backend = "nccl" if use_cuda else "gloo"
     t0 = time.perf_counter()
-    dist.init_process_group(backend=backend, timeout=timedelta(seconds=ns.timeout))
+    # The watcher on the submit host names a hung collective after --timeout from the heartbeats and
+    # cancels the job; the process group's own timeout is only the backstop for a job nobody
+    # watches, so it must not race the watcher (it did: the job sometimes died first, FAILED, on a
+    # loaded machine).
+    dist.init_process_group(backend=backend, timeout=timedelta(seconds=ns.timeout + WATCHER_MARGIN_S))
     init_s = time.perf_counter() - t0
     rank, world = dist.get_rank(), dist.get_world_size()
     heartbeat.beat(0, "done", op="init_process_group")

@@ -20,11 +20,14 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from clusterkit.errors import RefineError
-from clusterkit.refine.config import METHODS, RefineConfig, build_refiner, find_refine_config, load_refine_config
+from clusterkit.refine.config import (METHODS, RefineConfig, build_refiner, find_refine_config, load_refine_config,
+                                     refine_identity)
 
 
 class Refiner(Protocol):
     name: str
+    pure: bool
+    """True when refining runs nothing and sends nothing (the template): a dry run applies only such a refiner."""
 
     def describe(self) -> str:
         """What refines, for the record (no key, no command arguments)."""
@@ -35,22 +38,32 @@ class Refiner(Protocol):
 
 @dataclass(frozen=True)
 class Refinement:
-    """The refined prompts of a run, one per prompt, and what made them."""
+    """The refined prompts of a run, one per prompt, and what made them; on a dry run with a refiner
+    that is not pure, ``prompts`` is None: it was not called."""
 
     refiner: str
     via: str
-    prompts: tuple[str, ...]
+    prompts: tuple[str, ...] | None
     seconds: float
 
+    @property
+    def dry_run(self) -> bool:
+        """True when the refiner was not called (a dry run)."""
+        return self.prompts is None
+
     def to_dict(self, originals: Sequence[str]) -> dict:
-        return {"refiner": self.refiner, "via": self.via, "seconds": round(self.seconds, 3),
-                "prompts": [{"prompt": p, "refined_prompt": r} for p, r in zip(originals, self.prompts)]}
+        refined = self.prompts if self.prompts is not None else (None,) * len(originals)
+        return {"refiner": self.refiner, "via": self.via, "seconds": round(self.seconds, 3), "dry_run": self.dry_run,
+                "prompts": [{"prompt": p, "refined_prompt": r} for p, r in zip(originals, refined)]}
 
 
-def refine_prompts(prompts: Sequence[str], refiner: Refiner) -> Refinement:
+def refine_prompts(prompts: Sequence[str], refiner: Refiner, *, dry_run: bool = False) -> Refinement:
     """Refine every prompt (a prompt given twice is refined once); a failure names the prompt's index.
     A loop-segment prompt (``|0|a red car|2|a blue car``) is refined segment by segment and keeps
-    its ``|k|`` markers, so each loop still gets its own text."""
+    its ``|k|`` markers, so each loop still gets its own text. With ``dry_run`` a refiner that is not
+    ``pure`` (a command, an endpoint) is not called: the ``Refinement`` has no prompts."""
+    if dry_run and not refiner.pure:
+        return Refinement(refiner.name, refiner.describe(), None, 0.0)
     began = time.perf_counter()
     done: dict[str, str] = {}
     for index, prompt in enumerate(prompts):
@@ -78,4 +91,4 @@ def _one_line(text: str) -> str:
 
 
 __all__ = ["METHODS", "RefineConfig", "Refinement", "Refiner", "build_refiner", "find_refine_config",
-           "load_refine_config", "refine_prompts"]
+           "load_refine_config", "refine_identity", "refine_prompts"]

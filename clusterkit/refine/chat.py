@@ -5,7 +5,8 @@ One POST per prompt: ``{"model", "messages": [system prompt, prompt], "temperatu
 refined prompt is ``choices[0].message.content``, whitespace collapsed. The API key is read from
 the environment variable whose *name* the config gives (``api_key_env``) and sent as
 ``Authorization: Bearer``; it never appears in a message, a record or ``repr``: the endpoint is
-shown without its query string, and any text the server sends back is shown with the key blanked.
+shown without its query string (the ``repr`` shows neither the URL nor the key), and any text
+the server sends back is shown with the key blanked.
 """
 
 from __future__ import annotations
@@ -24,15 +25,17 @@ BODY_TAIL = 300
 
 @dataclass(frozen=True)
 class HttpRefiner:
-    """POSTs each prompt to ``url`` as a chat completion for ``model``."""
+    """POSTs each prompt to ``url`` as a chat completion for ``model``. The ``repr`` leaves out the
+    key and the URL (its query string may carry a token)."""
 
-    url: str
+    url: str = field(repr=False)
     model: str
-    system_prompt: str
+    system_prompt: str = field(repr=False)
     timeout_s: float
     temperature: float | None = 0.0
     api_key: str | None = field(default=None, repr=False)
     name: str = "http"
+    pure = False  # not a field: it sends the prompts (and the key), so a dry run does not call it
 
     def __post_init__(self) -> None:
         check_url(self.url, "http.url")

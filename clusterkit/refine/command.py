@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import subprocess
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from clusterkit.errors import RefineError, UserError
@@ -21,13 +21,15 @@ STDERR_TAIL = 300
 
 @dataclass(frozen=True)
 class CommandRefiner:
-    """Runs ``argv`` once per prompt in ``cwd`` with the environment ``environ``."""
+    """Runs ``argv`` once per prompt in ``cwd`` with the environment ``environ``. Neither is in the
+    ``repr``: the environment holds keys and the arguments may hold tokens."""
 
-    argv: tuple[str, ...]
+    argv: tuple[str, ...] = field(repr=False)
     timeout_s: float
-    environ: Mapping[str, str]
+    environ: Mapping[str, str] = field(repr=False)
     cwd: Path | None = None
     name: str = "command"
+    pure = False  # not a field: it runs a program, so a dry run does not call it
 
     def describe(self) -> str:
         return f"command {self.program!r}"

@@ -21,6 +21,8 @@ a key.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -106,19 +108,17 @@ def load_refine_config(path: Path) -> RefineConfig:
     return RefineConfig(template, command, http, where)
 
 
-def build_refiner(method: str, config: RefineConfig, environ: Mapping[str, str]):
+def build_refiner(method: str, config: RefineConfig, environ: Mapping[str, str], *,
+                  camera_motion: str | None = None):
     """The refiner of ``--refine METHOD`` (None for ``none``); a ``UserError`` when its settings or its
-    key's environment variable are missing. Nothing is run yet."""
-    if method not in METHODS:
-        raise InvalidChoice("--refine", method, METHODS)
+    key's environment variable are missing. Nothing is run yet. ``camera_motion`` (the run's
+    ``--camera-motion``) makes the template refiner leave its camera part out."""
+    _check_method(method, config)
     if method == "none":
         return None
     if method == "template":
-        return TemplateRefiner(config.template)
+        return TemplateRefiner(config.template, camera_motion)
     if method == "command":
-        if config.command is None:
-            raise UserError(f"--refine command: no command configured in {config.source}",
-                            hint="add refine: {command: {argv: [...]}} to env/refine.yaml or pass --refine-config FILE")
         c = config.command
         return CommandRefiner(c.argv, c.timeout_s, dict(environ), c.cwd)
     h = config.http
@@ -131,6 +131,36 @@ def build_refiner(method: str, config: RefineConfig, environ: Mapping[str, str])
                             hint=f"export {h.api_key_env}=... here, or set http.api_key_env: null for an "
                             "endpoint without a key")
     return HttpRefiner(h.url, h.model, config.template.system_prompt, h.timeout_s, h.temperature, key)
+
+
+def refine_identity(method: str, config: RefineConfig) -> dict:
+    """What decides the texts ``--refine METHOD`` makes, for a sweep's identity: ``{}`` for none, else
+    ``{"refiner": METHOD, "refine_settings": <12 hex>}``, a digest of the settings that change the
+    answers (template: its parts; command: argv and its folder; http: URL, model, temperature and
+    system prompt). Never the key: it is not read here, so a sweep that reuses its refined prompts
+    needs none. The settings are checked as ``build_refiner`` checks them."""
+    _check_method(method, config)
+    if method == "none":
+        return {}
+    if method == "template":
+        settings = {"parts": [list(part) for part in config.template.parts]}
+    elif method == "command":
+        settings = {"argv": list(config.command.argv), "cwd": str(config.command.cwd)}
+    else:
+        h = config.http
+        settings = {"url": h.url, "model": h.model, "temperature": h.temperature,
+                    "system_prompt": config.template.system_prompt}
+    # a digest, not the settings: argv and the URL's query string may hold tokens
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    return {"refiner": method, "refine_settings": digest[:12]}
+
+
+def _check_method(method: str, config: RefineConfig) -> None:
+    if method not in METHODS:
+        raise InvalidChoice("--refine", method, METHODS)
+    if method == "command" and config.command is None:
+        raise UserError(f"--refine command: no command configured in {config.source}",
+                        hint="add refine: {command: {argv: [...]}} to env/refine.yaml or pass --refine-config FILE")
 
 
 def _command(data, where: str, folder: Path) -> CommandSettings:

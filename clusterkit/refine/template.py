@@ -4,16 +4,20 @@ The refined prompt is the template's parts, in a fixed order, each rendered and 
 (capitalised, a full stop added when it has none, empty parts left out):
 
     subject   the prompt itself                          "{prompt}"
-    shot      shot and camera                            "The video is a close-up shot ..."
-    setting   background / surroundings                  "The background is softly blurred ..."
+    shot      the shot                                   "The video is a close-up shot ..."
+    camera    the camera and the motion                  "The camera is steady ..."
+    setting   background / surroundings                  "The background is slightly out of focus ..."
     lighting  light and atmosphere                       "The lighting is soft and natural ..."
     absence   what is not in the video                   "There are no additional objects or text visible in the video."
 
-as in the user's manual refinements ("Refine.template", seed 000). A part the prompt already covers
-is left out, so the template never contradicts the user: ``shot`` when the prompt names a shot or
-the camera ("close-up", "aerial view", "medium shot", "camera"), ``setting`` when it describes a
-background, ``lighting`` when it mentions light, ``absence`` when it already says what is absent
-(``COVERED``). Placeholders: ``{prompt}`` (the
+the structure of detailed hand-written prompts (as in Open-Sora's own refined examples). A part
+the prompt already covers is left out, so the template never contradicts the user (``COVERED``):
+``shot`` when the prompt names a shot or the camera ("close-up", "aerial view", "medium shot",
+"camera"); ``camera`` when it mentions the camera or a camera move ("pans", "zoom", "tilt",
+"dolly", "tracking", "orbit", "handheld") or ``--camera-motion`` is given; ``setting`` when it
+describes a background; ``lighting`` when it mentions light or sets it by the time of day or a
+light source ("night", "dark", "neon", "sunset", "dusk", "candlelit"...); ``absence`` when it
+already says what is absent. Placeholders: ``{prompt}`` (the
 prompt, whitespace collapsed, trailing full stops removed) and ``{subject}`` (the same with its
 first letter lower-cased, to continue a sentence: "A close-up shot of {subject}"); ``{{``/``}}``
 are literal braces. ``system_prompt`` is the instruction the HTTP refiner sends to the model.
@@ -28,13 +32,13 @@ from dataclasses import dataclass
 
 from clusterkit.errors import UserError
 
-PARTS = ("subject", "shot", "setting", "lighting", "absence")
+PARTS = ("subject", "shot", "camera", "setting", "lighting", "absence")
 PLACEHOLDERS = ("prompt", "subject")
 
 DEFAULT_PARTS = {
     "subject": "{prompt}",
-    "shot": "The video is a close-up shot that keeps the main subject in focus, with a steady camera and "
-            "smooth, continuous motion",
+    "shot": "The video is a close-up shot that keeps the main subject in focus",
+    "camera": "The camera is steady, and the motion is smooth and continuous",
     "setting": "The background is slightly out of focus, with minimal distractions, so the scene stays clear "
                "and easy to follow",
     "lighting": "The lighting is soft and natural, highlighting fine details and textures and creating a calm "
@@ -45,8 +49,14 @@ DEFAULT_PARTS = {
 #: A part is left out when the prompt already matches its pattern (case-insensitive, whole words).
 COVERED = {
     "shot": re.compile(r"\b(shot|close-?ups?|aerial|camera|(?:top|side|front|bird's-eye) view)\b", re.I),
+    "camera": re.compile(r"\b(cameras?|pan|pans|panning|panned|zoom(?:s|ing|ed)?|tilt(?:s|ing|ed)?|dolly|tracking|"
+                         r"orbit(?:s|ing)?|handheld|crane shot|fly-?through)\b", re.I),
     "setting": re.compile(r"\b(background|backdrop)\b", re.I),
-    "lighting": re.compile(r"\b(light|lighting|lit|sunlight|moonlight)\b", re.I),
+    # light, or what sets it: "soft and natural" would contradict a night, neon or sunset scene
+    "lighting": re.compile(r"\b(lights?|lighting|lit|sunlight|moonlight|moonlit|starlit|candlelit|candlelight|"
+                           r"firelight|lamplight|night|nights|nighttime|night-time|midnight|dark|darkness|neon|"
+                           r"sunset|sunrise|dusk|dawn|twilight|evening|glow|glows|glowing|lightning|storm|stormy)\b",
+                           re.I),
     "absence": re.compile(r"\b(no|without) (additional|other|text)\b", re.I),
 }
 
@@ -115,28 +125,35 @@ class PromptTemplate:
             raise UserError(f"{where}: template system_prompt must be text, got {type(system).__name__}")
         return cls(tuple(parts), system, where)
 
-    def render(self, prompt: str) -> str:
-        """The refined prompt of ``prompt``: every non-empty part filled in and made a sentence."""
+    def render(self, prompt: str, camera_motion: str | None = None) -> str:
+        """The refined prompt of ``prompt``: every non-empty part the prompt does not cover filled in
+        and made a sentence; ``camera_motion`` (``--camera-motion``) covers the camera part."""
         text = " ".join(prompt.split()).rstrip(". ")
         values = {"prompt": text, "subject": _lower_first(text)}
-        sentences = (_sentence(part.format(**values)) for name, part in self.parts
-                     if name not in COVERED or not COVERED[name].search(text))
+        covered = {name for name, pattern in COVERED.items() if pattern.search(text)}
+        if camera_motion:
+            covered.add("camera")
+        sentences = (_sentence(part.format(**values)) for name, part in self.parts if name not in covered)
         return " ".join(s for s in sentences if s)
 
 
 class TemplateRefiner:
-    """Refines every prompt with a ``PromptTemplate``: deterministic, offline."""
+    """Refines every prompt with a ``PromptTemplate``: deterministic, offline. ``camera_motion``
+    (the run's ``--camera-motion``) leaves the camera part out, as a prompt that names one does."""
 
     name = "template"
+    pure = True
+    """Runs nothing and sends nothing: a dry run may apply it."""
 
-    def __init__(self, template: PromptTemplate | None = None) -> None:
+    def __init__(self, template: PromptTemplate | None = None, camera_motion: str | None = None) -> None:
         self.template = template or PromptTemplate()
+        self.camera_motion = camera_motion
 
     def describe(self) -> str:
         return f"template ({self.template.where})"
 
     def refine(self, prompt: str) -> str:
-        return self.template.render(prompt)
+        return self.template.render(prompt, self.camera_motion)
 
 
 def check_placeholders(text: str, where: str) -> None:

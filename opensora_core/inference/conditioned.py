@@ -9,7 +9,8 @@ Differences from upstream, on purpose:
 - no ``torch.manual_seed(1024)`` before the noise: every random draw comes from the video's own
   seed (``derived_seed``), so a video does not depend on its batch or on the run's other videos.
 
-In a replica group the first rank reads and encodes the references (and, for loops, decodes each
+In a replica group the first rank reads and encodes the references (of a video only the VAE
+chunks of 17 frames its mask groups use: ``encode_reference``; and, for loops, decodes each
 clip and encodes it again) and broadcasts the conditioned latents and the mask; every rank then
 samples the same thing.
 """
@@ -22,8 +23,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from opensora_core.inference.mask_strategy import MaskEntry, condition_pixel_frames, loop_entry, place
-from opensora_core.inference.references import load_pixels
+from opensora_core.inference.mask_strategy import (MaskEntry, condition_pixel_frames, loop_entry, place,
+                                                   reference_span)
+from opensora_core.inference.references import load_pixels, probe
 from opensora_core.inference.request import InferRequest, VideoItem
 from opensora_core.inference.video_io import to_uint8
 from opensora_core.parallel.groups import ParallelContext
@@ -54,6 +56,29 @@ def encode_video(vae, pixels: torch.Tensor, seed: int) -> torch.Tensor:
     return vae.encode(pixels[None].to(param.device, param.dtype), generator=generator)[0]
 
 
+def encode_reference(vae, path: str, ref_index: int, entries: Sequence[MaskEntry], *, height: int, width: int,
+                     target_frames: int, align: int | None, seed: int) -> torch.Tensor:
+    """Reference ``ref_index`` (``path``) of a video with mask groups ``entries``, as a latent [C, T', h, w]
+    of the whole reference's length. Of a video only the VAE chunks (``micro_frame_size`` frames,
+    encoded alone by the VAE) holding the latent frames the groups copy are decoded and encoded;
+    the other latent frames stay zero, as nothing reads them."""
+    info = probe(path)
+    chunk = vae.config.micro_frame_size
+    if info.kind == "image" or chunk is None:
+        return encode_video(vae, load_pixels(path, height, width), seed)
+    total = vae.latent_frames(info.frames)
+    first, stop = reference_span(entries, ref_index, total, target_frames, align) or (0, 1)
+    per_chunk = vae.latent_frames(chunk)
+    first_chunk, stop_chunk = first // per_chunk, -(-stop // per_chunk)
+    pixels = load_pixels(path, height, width, (first_chunk * chunk, min(stop_chunk * chunk, info.frames)))
+    part = encode_video(vae, pixels, seed)
+    latent = part.new_zeros((part.shape[0], total, *part.shape[2:]))
+    offset = first_chunk * per_chunk
+    assert offset + part.shape[1] == min(stop_chunk * per_chunk, total), (offset, part.shape, total)
+    latent[:, offset : offset + part.shape[1]] = part
+    return latent
+
+
 def apply_mask_strategy(z: torch.Tensor, refs: Sequence[Sequence[torch.Tensor]],
                         entries: Sequence[Sequence[MaskEntry]], loop_i: int, align: int | None) -> torch.Tensor | None:
     """Write the reference frames of clip ``loop_i``'s groups into ``z`` [B, C, T, h, w] (in place) and
@@ -68,7 +93,7 @@ def apply_mask_strategy(z: torch.Tensor, refs: Sequence[Sequence[torch.Tensor]],
                 continue
             used = True
             ref = video_refs[entry.ref_index]
-            spot = place(entry, ref.shape[1], frames, align, what=f"mask_strategy group {entry.render()!r}")
+            spot = place(entry, ref.shape[1], frames, align, what=f"mask_strategy of video {row} of the batch")
             target = slice(spot.target_start, spot.target_start + spot.length)
             if spot.edit_ratio < 1:
                 z[row, :, target] = ref[:, spot.ref_start : spot.ref_start + spot.length].to(z.dtype)
@@ -140,11 +165,13 @@ class BatchConditioning:
     def _encode(self, loop_i: int) -> None:
         """Encode what clip ``loop_i`` needs: the references (clip 0), the previous clip (later clips)."""
         if not self._references_encoded:
-            geometry = self.request.geometry
+            geometry, request = self.request.geometry, self.request
             for row, paths in enumerate(self.paths):
                 seed = self.items[row].seed
-                self.refs[row] = [encode_video(self.vae, load_pixels(path, geometry.height, geometry.width),
-                                               derived_seed(seed, f"reference-{k}")) for k, path in enumerate(paths)]
+                self.refs[row] = [encode_reference(self.vae, path, k, self.entries[row], height=geometry.height,
+                                                   width=geometry.width, target_frames=geometry.latent[0],
+                                                   align=request.align, seed=derived_seed(seed, f"reference-{k}"))
+                                  for k, path in enumerate(paths)]
             self._references_encoded = True
         if loop_i == 0:
             return
@@ -152,5 +179,5 @@ class BatchConditioning:
             self.refs[row].append(encode_video(self.vae, pixels, derived_seed(self.items[row].seed, f"clip-{loop_i}")))
 
 
-__all__ = ["BatchConditioning", "apply_mask_strategy", "derived_seed", "encode_video", "loop_seed",
+__all__ = ["BatchConditioning", "apply_mask_strategy", "derived_seed", "encode_reference", "encode_video", "loop_seed",
            "noise_generators", "stitch"]

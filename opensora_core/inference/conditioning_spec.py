@@ -4,8 +4,8 @@
 JSON suffixes (which win); ``check_rules`` checks everything that needs no file (mask strategy
 syntax and ranges, loop segments, ``--loop`` settings); ``check_files`` opens every reference and
 checks where each mask group lands with the real lengths. ``InferRequest`` runs the first two on
-construction (submit host and node); the submit host and the job (before loading weights) run
-``check_files``.
+construction (submit host and node); the submit host and, before loading weights, the first rank
+of each replica group of the job (the rank that reads the references) run ``check_files``.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ class PromptConditioning:
     paths: tuple[str, ...]
     entries: tuple[ms.MaskEntry, ...]
     segments: tuple[tuple[int, str], ...]
+    mask_strategy: str = ""
+    """The strategy as given (for messages)."""
 
 
 def normalize(prompts: Sequence[str], reference_paths: Sequence[str], mask_strategies: Sequence[str]
@@ -79,11 +81,11 @@ def check_rules(prompts: Sequence[str], reference_paths: Sequence[str], mask_str
     for i, prompt in enumerate(prompts):
         refs = reference_paths[i] if reference_paths else ""
         strategy = mask_strategies[i] if mask_strategies else ""
-        paths = split_paths(refs, what=f"reference_path of prompt {i}")
+        paths = split_paths(refs, what=f"reference_path {refs!r} of prompt {i}")
         for path in paths:
             reference_kind(path)
         what = f"mask_strategy {strategy!r} of prompt {i}"
-        entries = ms.parse_mask_strategy(strategy, what=f"mask_strategy of prompt {i}")
+        entries = ms.parse_mask_strategy(strategy, what=what)
         if paths and not entries:
             raise ConditioningError(f"prompt {i} has reference_path {refs!r} but no mask_strategy: the references "
                                     "would not be used", hint="e.g. --mask-strategy 0 (image-to-video: reference 0 "
@@ -91,7 +93,7 @@ def check_rules(prompts: Sequence[str], reference_paths: Sequence[str], mask_str
         ms.check_entries(entries, references=len(paths), loops=loop, what=what)
         segments = split_segments(prompt, what=f"prompt {i}")
         check_segments(segments, loop, what=f"prompt {i}")
-        out.append(PromptConditioning(paths, entries, segments))
+        out.append(PromptConditioning(paths, entries, segments, strategy))
     return tuple(out)
 
 
@@ -107,8 +109,8 @@ def check_files(conditioning: Sequence[PromptConditioning], *, latent_frames: in
         for entry in prompt.entries:
             info = found[prompt.paths[entry.ref_index]]
             ms.place(entry, info.latent_frames, latent_frames, align,
-                     what=f"mask_strategy of prompt {i} (reference {entry.ref_index}: {info.kind} {info.path!r}, "
-                          f"{info.frames} frame(s))")
+                     what=f"mask_strategy {prompt.mask_strategy!r} of prompt {i} (reference {entry.ref_index}: "
+                          f"{info.kind} {info.path!r}, {info.frames} frame(s))")
     return found
 
 

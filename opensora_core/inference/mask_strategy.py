@@ -63,18 +63,20 @@ class Placement:
     edit_ratio: float
 
 
-def parse_mask_strategy(text: str, *, what: str = "mask_strategy") -> tuple[MaskEntry, ...]:
+def parse_mask_strategy(text: str, *, what: str | None = None) -> tuple[MaskEntry, ...]:
     """The groups of ``text`` ("" gives none); a ``ConditioningError`` naming the group and the rule
-    for a wrong field count or a field that is not a number (the first five are integers)."""
+    for a wrong field count or a field that is not a number (the first five are integers). Messages
+    start with ``what`` (default ``mask_strategy '<text>'``; the caller adds e.g. `` of prompt 2``)."""
+    what = what or f"mask_strategy {text!r}"
     if not isinstance(text, str):
-        raise ConditioningError(f"{what} {text!r} must be a string", hint=_RULE)
+        raise ConditioningError(f"{what} must be a string", hint=_RULE)
     if not text.strip():
         return ()
     entries = []
     for group in text.split(";"):
         fields = [f.strip() for f in group.split(",")]
         if not 1 <= len(fields) <= len(FIELDS) or "" in fields:
-            raise ConditioningError(f"{what} {text!r}: group {group!r} has {len(fields)} field(s)"
+            raise ConditioningError(f"{what}: group {group!r} has {len(fields)} field(s)"
                                     f"{' (one empty)' if '' in fields else ''}; {_RULE}")
         fields += DEFAULTS[len(fields):]
         values = []
@@ -83,7 +85,7 @@ def parse_mask_strategy(text: str, *, what: str = "mask_strategy") -> tuple[Mask
                 values.append(float(field) if name == "edit_ratio" else int(field))
             except ValueError:
                 kind = "a number" if name == "edit_ratio" else "an integer"
-                raise ConditioningError(f"{what} {text!r}: {name} {field!r} in group {group!r} is not {kind}",
+                raise ConditioningError(f"{what}: {name} {field!r} in group {group!r} is not {kind}",
                                         hint=_RULE) from None
         entries.append(MaskEntry(*values))
     return tuple(entries)
@@ -95,10 +97,9 @@ def check_entries(entries: tuple[MaskEntry, ...], *, references: int, loops: int
     for entry in entries:
         group = entry.render()
         if not 0 <= entry.ref_index < references:
-            given = f"{references} reference(s) given" if references else "no reference_path given"
-            valid = f": valid ref_index 0..{references - 1}" if references else ""
-            raise ConditioningError(f"{what}: group {group!r} uses ref_index {entry.ref_index} but "
-                                    f"there are {given}{valid}",
+            given = (f"the prompt has {references} reference(s): valid ref_index 0..{references - 1}" if references
+                     else "the prompt has no reference_path")
+            raise ConditioningError(f"{what}: group {group!r} uses ref_index {entry.ref_index} but {given}",
                                     hint="reference_path holds ';'-separated paths, numbered from 0")
         if not 0 <= entry.loop_id < loops:
             raise ConditioningError(f"{what}: group {group!r} has loop_id {entry.loop_id} but --loop is {loops} "
@@ -142,6 +143,19 @@ def place(entry: MaskEntry, ref_frames: int, target_frames: int, align: int | No
     return Placement(entry.ref_index, ref_start, target_start, length, entry.edit_ratio)
 
 
+def reference_span(entries, ref_index: int, ref_frames: int, target_frames: int, align: int | None
+                   ) -> tuple[int, int] | None:
+    """(first, last + 1) latent frame of reference ``ref_index`` (``ref_frames`` long) that any group
+    of ``entries`` copies into a ``target_frames`` video, placed as ``place`` does; None when none
+    does (groups with edit_ratio 1 copy nothing)."""
+    spans = []
+    for entry in entries:
+        if entry.ref_index == ref_index and entry.edit_ratio < 1:
+            spot = place(entry, ref_frames, target_frames, align, what=f"mask_strategy group {entry.render()!r}")
+            spans.append((spot.ref_start, spot.ref_start + spot.length))
+    return (min(a for a, _ in spans), max(b for _, b in spans)) if spans else None
+
+
 def loop_entry(loop_i: int, ref_index: int, condition_frame_length: int, condition_frame_edit: float) -> MaskEntry:
     """What upstream adds for loop ``loop_i`` > 0: the last ``condition_frame_length`` latent frames of
     the previous clip (reference ``ref_index``) at position 0, with ``condition_frame_edit``."""
@@ -167,4 +181,4 @@ def looped_frames(num_frames: int, loop: int, condition_frame_length: int) -> in
 
 
 __all__ = ["DEFAULT_ALIGN", "MaskEntry", "Placement", "check_entries", "condition_pixel_frames",
-           "find_nearest_point", "loop_entry", "looped_frames", "parse_mask_strategy", "place"]
+           "find_nearest_point", "loop_entry", "looped_frames", "parse_mask_strategy", "place", "reference_span"]

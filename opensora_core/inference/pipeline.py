@@ -342,7 +342,7 @@ def _index_entry(item: VideoItem, path: Path, frames, text: str, tokens: int, ma
     return {
         "file": path.name,
         "path": str(path),
-        "prompt_index": item.prompt_index,
+        "prompt_index": item.file_index,  # the file name's index (a slice keeps the list's numbering)
         "sample": item.sample,
         "prompt": item.prompt,
         "refined_prompt": item.refined_prompt,

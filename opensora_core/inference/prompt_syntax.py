@@ -12,10 +12,13 @@
 from __future__ import annotations
 
 import json
+import re
 
 from opensora_core.errors import ConditioningError
 
 JSON_KEYS = ("reference_path", "mask_strategy")
+#: What looks like a loop-segment prompt: it must then start with exactly ``|0|``.
+_SEGMENT_MARKER = re.compile(r"^\s*\|\s*\d+\s*\|")
 
 
 def split_json_suffix(prompt: str, *, what: str = "prompt") -> tuple[str, dict[str, str]]:
@@ -45,8 +48,14 @@ def split_json_suffix(prompt: str, *, what: str = "prompt") -> tuple[str, dict[s
 
 
 def split_segments(text: str, *, what: str = "prompt") -> tuple[tuple[int, str], ...]:
-    """((first loop, text), ...) of a ``|0|a|2|b`` prompt, else ((0, text),)."""
+    """((first loop, text), ...) of a ``|0|a|2|b`` prompt, else ((0, text),). A prompt that starts
+    with an ``|index|`` marker other than ``|0|`` (``|1|a``, `` |0|a``) is a ``ConditioningError``:
+    its segments would otherwise be encoded as plain text, pipes and all."""
     if not text.startswith("|0|"):
+        if _SEGMENT_MARKER.match(text):
+            raise ConditioningError(f"{what} {text!r} starts with a loop-segment marker but not with '|0|': a "
+                                    "multi-segment prompt must start with exactly '|0|' (the text of loop 0, "
+                                    "no space before it)", hint="e.g. |0|a red car.|2|a blue car.")
         return ((0, text),)
     parts = text.split("|")[1:]
     if len(parts) % 2:

@@ -65,7 +65,9 @@ class InferRequest:
     num_samples: int = 1
     """Videos per prompt (sample k = 0, 1, ...)."""
     batch_size: int = 1
-    """Videos denoised together (speed only; each keeps its own noise)."""
+    """Videos per pass (upstream's ``--batch-size``). Each video still goes through the transformer and
+    the VAE alone (batch invariance: results never depend on it, no prompt ghosting), so it buys no
+    throughput; replicas do."""
     dtype: str | None = None
     """Precision of the transformer and the VAE (None: the preset's, fp32 for tiny, bf16 for v1.2)."""
     t5_dtype: str = "fp32"
@@ -122,7 +124,8 @@ class InferRequest:
     camera_motion: str | None = None
     """Camera motion appended to each prompt (" camera motion: {camera_motion}."), as upstream."""
     start_index: int = 0
-    """File-name index of the first prompt (``--start-index``: the prompts are a slice of a longer list)."""
+    """Index in the whole list of the first prompt (``--start-index``: the prompts are a slice of a longer
+    list); file names and the index's ``prompt_index`` count from it (``VideoItem.file_index``)."""
 
     def __post_init__(self) -> None:
         prompts, refs, masks = conditioning_spec.normalize(check_prompts(self.prompts), self.reference_paths or (),
@@ -205,8 +208,9 @@ class InferRequest:
         return looped_frames(self.num_frames, self.loop, self.condition_frame_length)
 
     def check_references(self) -> dict:
-        """Open every reference file and place every mask group with the real lengths (what the
-        submit host and the job, before loading weights, run); returns ``ReferenceInfo`` by path."""
+        """Open every reference file (a video's packets counted and its first frame decoded, never the
+        whole video) and place every mask group with the real lengths (what the submit host and each
+        replica group's first rank, before loading weights, run); returns ``ReferenceInfo`` by path."""
         return conditioning_spec.check_files(self.conditioning, latent_frames=self.geometry.latent[0],
                                              align=self.align)
 
@@ -271,7 +275,7 @@ class InferRequest:
         return [
             VideoItem(index, sample, prompt, video_seed(self.seed, prompt, sample),
                       output_name(self.name, self.start_index + index, sample, self.num_samples, ext),
-                      None if self.refined_prompts is None else self.refined_prompts[index])
+                      self.start_index + index, None if self.refined_prompts is None else self.refined_prompts[index])
             for index, prompt in enumerate(self.prompts)
             for sample in range(self.num_samples)
             if wanted is None or (index, sample) in wanted
@@ -332,10 +336,14 @@ class VideoItem:
     """One video to make."""
 
     prompt_index: int
+    """Position in this request's ``prompts`` (the slice)."""
     sample: int
     prompt: str
     seed: int
     filename: str
+    file_index: int
+    """The prompt's index in the whole list (``start_index`` + ``prompt_index``): what the file name
+    and the index entry's ``prompt_index`` say."""
     refined_prompt: str | None = None
     """What the encoder gets instead of ``prompt`` when the prompts were refined."""
 

@@ -92,7 +92,8 @@ def run(request: InferRequest, result_path: Path, device: torch.device, parallel
     if device.type == "cpu" and dtype_name == "fp16":
         raise UserError("fp16 needs a GPU and this rank has none", hint="use fp32 or bf16 on CPU")
     t5_device = device if request.t5_device == "gpu" else torch.device("cpu")
-    request.check_references()  # every reference readable here too, before any weight is loaded
+    if leader:  # only a group's first rank reads the references; checked (not decoded) before any weight loads
+        request.check_references()
     random_weights = request.random_weights
     weights = f"random, seed {preset.weights_seed}" if random_weights else str(request.ckpt_dir)
     if random_weights and rank == 0:

@@ -81,6 +81,7 @@ def check_mode(mode: str, request, entries: list[dict] | None = None) -> None:
                                                                         "0002-1.mp4"]
         if entries is not None:
             assert [e["prompt"] for e in entries] == [lines[1], lines[1], lines[2], lines[2]]
+            assert [e["prompt_index"] for e in entries] == [1, 1, 2, 2]  # the file's numbering, as the names
             assert [e["frames"] for e in entries] == [51] * 4
         return
     frames = {"long-video": 119, "multi-segment": 119}.get(mode, 51)

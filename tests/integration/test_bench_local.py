@@ -1,6 +1,7 @@
 """``clusterkit bench infer`` end to end on the local executor: real torchrun, the tiny preset,
 warm-up + timed iterations of the real pipeline, the JSON report, and the calibration that a second
-``clusterkit plan`` shows and uses."""
+``clusterkit plan`` of a local run shows and uses (and a Slurm plan leaves out: the job ran here,
+not on the node)."""
 
 from __future__ import annotations
 
@@ -60,6 +61,8 @@ def test_bench_writes_a_report_with_every_field(bench):
     in_run = Path(result["run_dir"]) / "bench-report.json"
     assert result["report_paths"] == [str(in_run), result["report"]]
     assert json.loads(in_run.read_text()) == report  # the same report in the run folder
+    for path in (in_run, Path(result["report"])):  # shareable like every output, not mkstemp's 0600
+        assert path.stat().st_mode & 0o044 == 0o044
 
     assert set(report) == REPORT_KEYS
     assert report["schema"] == "clusterkit/bench-infer/v1" and report["run_id"] == result["run_id"]
@@ -68,7 +71,9 @@ def test_bench_writes_a_report_with_every_field(bench):
     assert (asked["model"], asked["resolution"], asked["frames"], asked["steps"]) == ("tiny", "144p", "17", 4)
     assert (asked["num_frames"], asked["height"], asked["width"]) == (17, 144, 256)
     assert asked["random_weights"] is True and asked["dtype"] == "fp32"
+    assert asked["video_tokens"] > 0 and "tokens" not in asked
     assert report["layout"]["world_size"] == 1 and report["layout"]["replicas"] == 1
+    assert set(report["layout"]) == {"world_size", "replicas", "cfg", "sp", "sp_scheme", "num_heads"}
     assert report["iterations"]["warmup"] == 1 and report["iterations"]["eval"] == 2
     assert len(report["iterations"]["warmup_total_s"]) == 1
     assert report["load_s"] > 0
@@ -109,6 +114,8 @@ def test_bench_writes_a_report_with_every_field(bench):
     assert calibration["stored"] is True and calibration["why_not"] is None
     record = calibration["record"]
     assert record["preset"] == "tiny" and record["node"] == NODE and record["run_id"] == result["run_id"]
+    assert record["executor"] == "local" and record["host"] == report["host"]
+    assert record["measured_at"] == "144p 9:16 17f, 1 GPU"
     on_node_gpu = gpu["device"] != "cpu" and gpu["matches_inventory"]
     assert record["scope"] == ("gpu-model" if on_node_gpu else "node")
     assert record["measured"] == {"text_s": stages["text_encoding"]["mean"], "step_s": stages["denoising_step"]["mean"],
@@ -125,11 +132,12 @@ def test_a_second_plan_shows_and_uses_the_calibrated_figure(bench):
     result, report, cli, _ = bench
     record = report["calibration"]["record"]
     measured = record["measured"]
-    args = ["plan", "--res", "144p", "--frames", "17", "--nodes", f"{NODE},{SAME_GPU_NODE}", "--gpus", "1"]
+    args = ["plan", "--res", "144p", "--frames", "17", "--nodes", f"{NODE},{SAME_GPU_NODE}", "--gpus", "1",
+            "--executor", "local"]  # the bench ran here, so it calibrates runs here
 
     code, out, err = cli(*args, "--model", "tiny")
     assert code == 0, (out, err)
-    assert out["result"]["calibration_preset"] == "tiny"
+    assert out["result"]["calibration_preset"] == "tiny" and out["result"]["executor"] == "local"
     nodes = {n["name"]: n for n in out["result"]["nodes"]}
     estimate = nodes[NODE]["estimate"]
     assert estimate["source"] == "calibrated"
@@ -137,6 +145,7 @@ def test_a_second_plan_shows_and_uses_the_calibrated_figure(bench):
     assert estimate["calibration"]["device"] == report["gpu"]["device"]
     assert estimate["calibration"]["when"] and estimate["calibration"]["source"].startswith(
         f"bench run {result['run_id']}")
+    assert estimate["calibration"]["same_configuration"] is True
     # The plan's video: the same size and settings as the bench's, 30 steps: the estimate is the
     # measured stages (30 of the measured step) instead of the model's.
     expected = measured["text_s"] + 30 * measured["step_s"] + measured["decode_s"] + measured["write_s"]
@@ -159,6 +168,14 @@ def test_a_second_plan_shows_and_uses_the_calibrated_figure(bench):
     code, out, err = cli(*args)  # opensora-v1.2: a tiny bench does not calibrate it
     assert code == 0, (out, err)
     assert all(n["estimate"]["source"] == "model" for n in out["result"]["nodes"])
+
+    slurm = [*args[:-1], "slurm", "--model", "tiny"]  # through Slurm the job runs on the node, not here
+    code, out, err = cli(*slurm)
+    assert code == 0, (out, err)
+    nodes = {n["name"]: n for n in out["result"]["nodes"]}
+    assert nodes[NODE]["estimate"]["source"] == "model"
+    [note] = nodes[NODE]["estimate"]["notes"]
+    assert result["run_id"] in note and f"measured locally on host {report['host']}; not used for slurm plans" in note
 
 
 def test_docs_bench_first_example_is_this_test():

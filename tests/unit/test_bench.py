@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from clusterkit import costmodel as cm
-from clusterkit.bench import BenchCounts, Prediction, calibrate, check_report_path, summarise
+from clusterkit.bench import BenchCounts, Prediction, calibrate, check_report_path, summarise, write_report
 from clusterkit.bench_report import build_report
-from clusterkit.calibration import STAGES, Calibration, CalibrationStore, pick
+from clusterkit.calibration import STAGES, Calibration, CalibrationStore, Configuration, pick
 from clusterkit.errors import InvalidChoice, JobFailed, UserError
 from clusterkit.inventory import load_inventory
 from clusterkit.planner import PlanRequest, plan
@@ -57,8 +57,8 @@ def raw_result(*, device: str = "cpu", gpu_model: str | None = None, warmup: int
     }
 
 
-def report_of(raw: dict) -> dict:
-    return build_report(raw, run_id="20260101-000000-bench-abcd", executor="local",
+def report_of(raw: dict, executor: str = "local") -> dict:
+    return build_report(raw, run_id="20260101-000000-bench-abcd", executor=executor,
                         inventory_gpu={"model": "rtx-a6000", "name": "NVIDIA RTX A6000", "count": 8},
                         request={"model": "tiny", "resolution": "144p", "frames": "17", "aspect_ratio": "9:16",
                                  "steps": 2, "prompt": "p", "seed": 42}, written_at=300.0)
@@ -78,6 +78,9 @@ def test_report_statistics_cover_the_eval_iterations_only():
     assert report["memory"]["peak_bytes"] == 3000 and report["memory"]["by_stage_bytes"]["decode"] == 90.0
     assert report["gpu"]["device"] == "cpu" and report["gpu"]["matches_inventory"] is False
     assert report["request"]["num_frames"] == 17 and report["timestamps"]["finished_at"] == 200.0
+    # the latent token count the DiT attends over, named so (not the prompt's tokens); no stray keys
+    assert report["request"]["video_tokens"] == 720 and "tokens" not in report["request"]
+    assert report["layout"] == {"world_size": 1, "replicas": 1, "cfg": 1, "sp": 1, "sp_scheme": "dsp", "num_heads": 4}
 
 
 def test_report_refuses_a_result_missing_iterations():
@@ -108,14 +111,29 @@ def prediction(node: str = "worker-5", steps: int = 2) -> Prediction:
     ("cuda:0", "h100-sxm", "node"),              # another GPU than nodes.yaml says: this node only
 ])
 def test_calibration_scope_follows_what_was_measured(device, gpu_model, scope):
-    report = report_of(raw_result(device=device, gpu_model=gpu_model))
+    report = report_of(raw_result(device=device, gpu_model=gpu_model), executor="slurm")
     calibration, why_not = calibrate(report, prediction())
-    assert why_not is None and calibration.scope == scope
+    assert why_not is None and calibration.scope == scope and calibration.executor == "slurm"
     assert calibration.measured == {"text_s": 0.25, "step_s": pytest.approx(0.05), "decode_s": 0.5, "write_s": 0.75}
     assert calibration.predicted["write_s"] == cm.FIXED_SECONDS
-    assert calibration.applies_to("worker-5", "rtx-a6000")
-    assert calibration.applies_to("worker-6", "rtx-a6000") is (scope == "gpu-model")
-    assert not calibration.applies_to("worker-8", "rtx-4090")
+    for executor in ("slurm", "local"):  # measured on the node: speaks for it wherever the plan runs
+        assert calibration.applies_to("worker-5", "rtx-a6000", executor)
+        assert calibration.applies_to("worker-6", "rtx-a6000", executor) is (scope == "gpu-model")
+        assert not calibration.applies_to("worker-8", "rtx-4090", executor)
+    assert calibration.configuration == Configuration(144, 256, 17, 1, False)
+    assert calibration.measured_at == "144p 9:16 17f, 1 GPU"
+
+
+def test_a_local_bench_describes_this_host_not_the_node():
+    """The local executor ran the job here, whatever node was asked for: its calibration speaks only
+    for plans whose ranks run here too, never for the node through Slurm."""
+    report = report_of(raw_result(device="cuda:0", gpu_model="rtx-a6000"), executor="local")
+    calibration, _ = calibrate(report, prediction())
+    assert calibration.executor == "local" and calibration.host == "vm"
+    assert calibration.applies_to("worker-5", "rtx-a6000", "local")
+    assert calibration.applies_to("worker-6", "rtx-a6000", "local")  # this host has a real A6000
+    assert not calibration.applies_to("worker-5", "rtx-a6000", "slurm")
+    assert "(local executor)" in calibration.source and "of host vm" in calibration.source
 
 
 def test_no_calibration_without_a_model_candidate():
@@ -123,12 +141,24 @@ def test_no_calibration_without_a_model_candidate():
     assert calibration is None and "no candidate" in why_not
 
 
+def bench_config(resolution: str = "144p", num_frames: int = 17, sp: int = 1, cfg: int = 1) -> dict:
+    """``Calibration.bench`` of a bench of ``resolution`` 9:16 x ``num_frames`` on one group of cfg x sp."""
+    from opensora_core.geometry import get_image_size
+
+    height, width = get_image_size(resolution, "9:16")
+    return {"resolution": resolution, "frames": str(num_frames), "num_frames": num_frames, "height": height,
+            "width": width, "aspect_ratio": "9:16", "steps": 2, "dtype": "fp32",
+            "layout": {"world_size": sp * cfg, "replicas": 1, "cfg": cfg, "sp": sp, "sp_scheme": "dsp"}}
+
+
 def calibration(run_id: str, *, node: str = "worker-5", scope: str = "node", created_at: float = 1000.0,
-                preset: str = "tiny", gpu_model: str = "rtx-a6000", factor: float = 2.0) -> Calibration:
+                preset: str = "tiny", gpu_model: str = "rtx-a6000", factor: float = 2.0, executor: str = "slurm",
+                bench: dict | None = None) -> Calibration:
     predicted = {"text_s": 0.1, "step_s": 0.2, "decode_s": 0.3, "write_s": 1.0}
     return Calibration(preset=preset, node=node, gpu_model=gpu_model, scope=scope, device="cpu",
                        device_name="cpu (x86_64)", run_id=run_id, created_at=created_at,
-                       measured={k: v * factor for k, v in predicted.items()}, predicted=predicted, host="vm")
+                       measured={k: v * factor for k, v in predicted.items()}, predicted=predicted, host="vm",
+                       executor=executor, bench=bench_config() if bench is None else bench)
 
 
 @pytest.mark.parametrize("change, message", [
@@ -136,6 +166,7 @@ def calibration(run_id: str, *, node: str = "worker-5", scope: str = "node", cre
     ({"measured": {"text_s": 1, "step_s": 0, "decode_s": 1, "write_s": 1}}, "measured step_s 0 must be > 0"),
     ({"predicted": {"text_s": 1}}, "predicted has stages"),
     ({"created_at": float("nan")}, "created_at nan must be a finite number"),
+    ({"executor": ""}, "executor '' is not valid; valid choices: slurm, local"),
 ])
 def test_calibration_rejects_bad_records(change, message):
     fields = {**calibration("r").__dict__, **change}
@@ -159,6 +190,32 @@ def test_store_round_trip_newest_first_and_pick(tmp_path):
     assert pick(tiny, "worker-7", "rtx-a6000").run_id == "b"  # another A6000 node: the newest gpu-model one
     assert pick(tiny, "worker-8", "rtx-4090") is None
     assert {r[0] for r in _runs_tables(tmp_path / "runs" / "registry.sqlite")} >= {"calibrations"}
+
+
+def test_store_skips_rows_it_cannot_read_with_a_note(tmp_path):
+    import sqlite3
+
+    store = CalibrationStore(tmp_path / "runs")
+    good = calibration("good")
+    store.add(good)
+    bad_scope = {**good.to_dict(), "run_id": "bad-scope", "scope": "cluster"}
+    missing = {k: v for k, v in good.to_dict().items() if k != "measured"}
+    with sqlite3.connect(store.path) as conn:
+        for run_id, record in (("not-json", "{oops"), ("bad-scope", json.dumps(bad_scope)),
+                               ("missing", json.dumps({**missing, "run_id": "missing"})), ("a-list", "[1]")):
+            conn.execute("INSERT INTO calibrations VALUES (?,?,?,?,?,?,?)",
+                         (run_id, "tiny", "node", "rtx-a6000", "worker-5", 5.0, record))
+    records, notes = store.read("tiny")
+    assert records == [good] and store.all("tiny") == [good]
+    assert len(notes) == 4 and all(" skipped: " in note and str(store.path) in note for note in notes)
+    by_run = {note.split()[4]: note for note in notes}  # "calibration of bench run RUN in ..."
+    assert "scope 'cluster' is not valid" in by_run["bad-scope"] and "measured" in by_run["missing"]
+    assert set(by_run) == {"not-json", "bad-scope", "missing", "a-list"}
+
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "registry.sqlite").write_bytes(b"this is not a database at all" * 100)
+    records, [note] = CalibrationStore(tmp_path / "broken").read()
+    assert records == [] and "cannot be read" in note and "cost model alone" in note
 
 
 def _runs_tables(path: Path) -> list:
@@ -203,6 +260,61 @@ def test_planner_estimate_uses_the_calibration_that_speaks_for_the_node():
     assert plan(SEED, request, [slow_4090]).best().name in ("worker-5", "worker-6")
 
 
+def test_a_local_bench_calibrates_only_local_plans_and_slurm_plans_say_so():
+    request = PlanRequest("144p", "17", nodes="worker-5,worker-6", gpus=1)
+    local = calibration("local-bench", node="worker-5", factor=0.01, executor="local")
+    model = {n.name: n.chosen.seconds for n in plan(SEED, request).nodes}
+    on_slurm = {n.name: n for n in plan(SEED, request, [local], executor="slurm").nodes}
+    five = on_slurm["worker-5"]
+    assert five.calibration is None and five.seconds == model["worker-5"]
+    estimate = five.to_dict()["estimate"]
+    assert estimate["source"] == "model"
+    [note] = estimate["notes"]
+    assert "bench run local-bench" in note and "measured locally on host vm; not used for slurm plans" in note
+    assert on_slurm["worker-6"].to_dict()["estimate"]["notes"] == []
+    here = {n.name: n for n in plan(SEED, request, [local], executor="local").nodes}
+    assert here["worker-5"].calibration == local and here["worker-5"].calibration_notes == ()
+    assert here["worker-5"].seconds == pytest.approx(model["worker-5"] * 0.01)
+    assert plan(SEED, request, [local], executor="local").to_dict()["executor"] == "local"
+    slurm_bench = calibration("slurm-bench", node="worker-5", factor=3.0)  # measured on the node
+    assert plan(SEED, request, [slurm_bench], executor="local").nodes[0].calibration == slurm_bench
+    with pytest.raises(InvalidChoice, match="executor 'k8s' is not valid; valid choices: slurm, local"):
+        plan(SEED, request, [], executor="k8s")
+
+
+def test_the_calibration_nearest_the_planned_configuration_wins():
+    request = PlanRequest("240p", "17", nodes="worker-5", gpus=1)
+    same = calibration("older-240p", created_at=1.0, factor=2.0, bench=bench_config("240p"))
+    other = calibration("newer-144p", created_at=9.0, factor=5.0)
+    [node] = plan(SEED, request, [other, same]).nodes
+    assert node.calibration == same and node.calibration_differs == ()
+    cal = node.to_dict()["estimate"]["calibration"]
+    assert cal["same_configuration"] is True and cal["differs"] == [] and cal["measured_at"] == "240p 9:16 17f, 1 GPU"
+    [node] = plan(SEED, request, [other]).nodes  # only one at another size: used, and said so
+    assert node.calibration == other and node.calibration_differs == ("resolution",)
+    cal = node.to_dict()["estimate"]["calibration"]
+    assert cal["same_configuration"] is False and cal["measured_at"] == "144p 9:16 17f, 1 GPU"
+    unknown = calibration("no-config", bench={})
+    assert unknown.differences(Configuration(144, 256, 17, 1, False)) == ("resolution", "frames", "layout")
+    assert pick([unknown, other], "worker-5", "rtx-a6000", "slurm", Configuration(144, 256, 17, 1, False)) == other
+
+
+def test_a_bench_of_another_layout_leaves_communication_to_the_model():
+    request = PlanRequest("144p", "17", nodes="worker-5", gpus=2, sp=2, cfg_parallel=False)
+    [model] = plan(SEED, request).nodes
+    assert model.chosen.timing.comm > 0
+    one_gpu = calibration("one-gpu", factor=4.0)
+    [node] = plan(SEED, request, [one_gpu]).nodes
+    assert node.calibration_differs == ("layout",)
+    t, c = model.chosen.timing, node.timing
+    assert c.comm == t.comm and c.dit == pytest.approx(4 * t.dit)  # the step ratio scales compute only
+    assert node.seconds == pytest.approx(4 * t.total - 3 * t.comm)
+    assert node.to_dict()["estimate"]["calibration"]["communication_scaled"] is False
+    sp2 = calibration("sp2", factor=4.0, bench=bench_config(sp=2))
+    [node] = plan(SEED, request, [sp2]).nodes
+    assert node.calibration_differs == () and node.timing.comm == pytest.approx(4 * t.comm)
+
+
 def test_training_plans_ignore_inference_calibrations():
     request = PlanRequest("144p", "2s", task="train", nodes="worker-5")
     [node] = plan(SEED, request, [calibration("x", factor=9.0)]).nodes
@@ -210,6 +322,16 @@ def test_training_plans_ignore_inference_calibrations():
 
 
 # ---------------------------------------------------------------- inputs, CLI
+
+
+def test_the_report_file_is_readable_like_other_outputs(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_report(tmp_path / "r.json", {"a": 1})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "r.json").stat().st_mode & 0o777 == 0o644
+    assert json.loads((tmp_path / "r.json").read_text()) == {"a": 1}
 
 
 def test_check_report_path(tmp_path):
@@ -288,6 +410,64 @@ def test_plan_shows_a_stored_calibration_in_text_and_json(tmp_path):
     assert f"bench run {record.run_id} ({record.when}) on worker-5, tiny, measured on cpu (x86_64)" in text
     default = json.loads(cli(*args, "--json", runs_dir=runs).stdout)["result"]  # opensora-v1.2: not calibrated
     assert [n["estimate"]["source"] for n in default["nodes"]] == ["model", "model"]
+
+
+def test_plan_executor_decides_whether_a_local_bench_applies(tmp_path):
+    runs = tmp_path / "runs"
+    CalibrationStore(runs).add(calibration("20260101-120000-bench-10ca", node="worker-5", factor=3.0,
+                                           executor="local"))
+    args = ("plan", "--res", "144p", "--frames", "17", "--nodes", "worker-5,worker-6", "--gpus", "1", "--model", "tiny")
+    local = json.loads(cli(*args, "--executor", "local", "--json", runs_dir=runs).stdout)["result"]
+    assert local["executor"] == "local" and local["nodes"][0]["estimate"]["source"] == "calibrated"
+    slurm = json.loads(cli(*args, "--executor", "slurm", "--json", runs_dir=runs).stdout)["result"]
+    assert slurm["executor"] == "slurm" and slurm["nodes"][0]["estimate"]["source"] == "model"
+    text = cli(*args, "--executor", "slurm", runs_dir=runs).stdout
+    assert "worker-5*" not in text
+    assert "worker-5: bench run 20260101-120000-bench-10ca" in text and "not used for slurm plans" in text
+    proc = cli(*args, "--executor", "k8s", "--json", runs_dir=runs)
+    assert proc.returncode == 2 and "valid choices: auto, slurm, local" in json.loads(proc.stdout)["error"]["message"]
+
+
+def test_plan_and_submit_survive_a_bad_calibration_row(tmp_path):
+    import sqlite3
+
+    runs = tmp_path / "runs"
+    CalibrationStore(runs).add(calibration("20260101-120000-bench-900d", node="worker-5", factor=3.0))
+    with sqlite3.connect(runs / "registry.sqlite") as conn:
+        conn.execute("INSERT INTO calibrations VALUES ('broken','tiny','node','rtx-a6000','worker-5',1.0,'{}')")
+    args = ("plan", "--res", "144p", "--frames", "17", "--nodes", "worker-5", "--gpus", "1", "--model", "tiny")
+    proc = cli(*args, "--executor", "slurm", "--json", runs_dir=runs)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = json.loads(proc.stdout)["result"]
+    assert data["nodes"][0]["estimate"]["source"] == "calibrated"  # the good row still applies
+    [note] = data["calibration_notes"]
+    assert "bench run broken" in note and "skipped" in note
+    assert "calibration of bench run broken" in cli(*args, "--executor", "slurm", runs_dir=runs).stdout
+    proc = cli(*SUBMIT, "--executor", "slurm", runs_dir=runs)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert any("bench run broken" in n for n in json.loads(proc.stdout)["result"]["notes"])
+
+
+SUBMIT = ("submit", "infer", "--model", "tiny", "--res", "144p", "--frames", "17", "--prompt", "p", "--dry-run",
+          "--json")
+
+
+def test_a_local_bench_does_not_change_where_slurm_submits(tmp_path):
+    """The reviewed defect: a local bench of worker-5 (this VM's CPU) made `submit --executor slurm`
+    pick worker-5. It may steer a local run only."""
+    empty, runs = tmp_path / "empty", tmp_path / "runs"
+
+    def node_of(*args, runs_dir):
+        proc = cli(*SUBMIT, *args, runs_dir=runs_dir)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return json.loads(proc.stdout)["result"]["node"]
+
+    baseline = node_of("--executor", "slurm", runs_dir=empty)
+    assert baseline != "worker-5"
+    CalibrationStore(runs).add(calibration("20260101-120000-bench-fa57", node="worker-5", factor=0.01,
+                                           executor="local"))
+    assert node_of("--executor", "slurm", runs_dir=runs) == baseline
+    assert node_of("--executor", "local", runs_dir=runs) == "worker-5"
 
 
 def test_summary_keeps_the_headline_numbers():

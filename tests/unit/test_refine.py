@@ -45,10 +45,32 @@ def test_template_keeps_the_prompt_and_fills_every_part_deterministically():
     refined = refiner.refine(SPACE_WATER)
     assert refined == refiner.refine(SPACE_WATER) == TemplateRefiner().refine(f"  {SPACE_WATER}. ")
     assert refined.startswith(SPACE_WATER + ". ")  # the user's text first, word for word
-    for words in ("close-up shot", "steady camera", "background is slightly out of focus", "lighting is soft",
+    for words in ("close-up shot", "camera is steady", "background is slightly out of focus", "lighting is soft",
                   "no additional objects or text"):
-        assert words in refined  # shot/camera, setting, lighting, what is absent
-    assert refined.count(".") == 5 and "\n" not in refined
+        assert words in refined  # shot, camera, setting, lighting, what is absent
+    assert refined.count(".") == 6 and "\n" not in refined
+
+
+@pytest.mark.parametrize("prompt", ["the camera pans left across a harbour", "a slow zoom in on a flower",
+                                    "tracking a cyclist through a forest", "a drone orbits a lighthouse"])
+def test_template_leaves_the_camera_to_a_prompt_that_moves_it(prompt):
+    refined = TemplateRefiner().refine(prompt)
+    assert "steady" not in refined and "background is slightly out of focus" in refined
+
+
+def test_template_leaves_the_camera_to_camera_motion():
+    assert "camera is steady" in TemplateRefiner().refine("a dog runs on the beach")
+    moving = TemplateRefiner(camera_motion="pan left").refine("a dog runs on the beach")
+    assert "steady" not in moving and "close-up shot" in moving and "lighting is soft" in moving
+
+
+@pytest.mark.parametrize("prompt", ["a red car at night", "a neon-lit street in the rain", "a neon sign in an alley",
+                                    "a beach at sunset", "a dark forest", "a city skyline at dusk",
+                                    "a lighthouse in a storm"])
+def test_template_never_gives_a_night_or_sunset_scene_soft_natural_light(prompt):
+    refined = TemplateRefiner().refine(prompt)
+    assert "soft and natural" not in refined and "calm atmosphere" not in refined
+    assert refined == TemplateRefiner().refine(prompt) and "no additional objects" in refined
 
 
 def test_template_leaves_out_the_parts_the_prompt_already_covers():
@@ -116,11 +138,24 @@ def command_config(folder: Path, body: str, timeout_s: float = 20) -> RefineConf
 
 def test_command_refiner_runs_the_program_with_the_prompt_on_stdin(tmp_path):
     config = command_config(tmp_path, "print('Refined:', prompt.upper(), '|', sys.argv[1:])\n")
-    refiner = build_refiner("command", config, {"PATH": os.environ["PATH"]})
+    refiner = build_refiner("command", config, {"PATH": os.environ["PATH"], "OPENAI_API_KEY": KEY})
     hostile = "a cat; rm -rf / $(whoami) `id` \"quoted\" 'single'\nsecond line ünïcode"
     refined = refiner.refine(hostile)
     assert refined == f"Refined: {hostile.upper()} | ['--token', '{KEY}']".replace("\n", " ")  # never via a shell
     assert KEY not in refiner.describe() and sys.executable in refiner.describe()
+    assert KEY not in repr(refiner) and KEY not in str(refiner)  # neither the environment nor the argv
+
+
+def test_no_refiner_repr_holds_a_key(tmp_path):
+    environ = {"OPENAI_API_KEY": KEY, "REFINE_TEST_KEY": KEY, "PATH": os.environ["PATH"]}
+    url = f"https://llm.example.org/v1/chat/completions?token={KEY}"
+    path = tmp_path / "refine.yaml"
+    path.write_text(f"refine:\n  command:\n    argv: [refine, --token, {KEY}]\n  http:\n    url: {json.dumps(url)}\n"
+                    "    api_key_env: REFINE_TEST_KEY\n")
+    config = load_refine_config(path)
+    for method in ("template", "command", "http"):
+        refiner = build_refiner(method, config, environ)
+        assert KEY not in repr(refiner) and KEY not in str(refiner) and KEY not in refiner.describe(), method
 
 
 @pytest.mark.parametrize("body, words", [
@@ -370,6 +405,72 @@ def test_sweep_refines_before_the_split_and_a_resumed_sweep_reuses_the_refined_p
         submit_sweep(project, **unrefined)
 
 
+def counting_config(tmp_path: Path) -> tuple[Path, RefineConfig]:
+    """A command refiner that appends one 'x' to a file per call."""
+    counter = tmp_path / "calls"
+    config = command_config(tmp_path, f"open({str(counter)!r}, 'a').write('x')\nprint('R', prompt.strip())\n")
+    return counter, config
+
+
+def test_a_dry_run_calls_no_command_or_endpoint_but_still_checks_the_key(project, chat, tmp_path, fake):
+    counter, config = counting_config(tmp_path)
+    args = dict(**TINY, prompts=("a cat", "a dog", "a cat"), refine="command", refine_config=str(config.source),
+                environ=dict(os.environ))
+    dry = submit_infer(project, **args, dry_run=True)
+    assert not counter.exists() and not fake.requests  # never called
+    assert dry["refine"]["dry_run"] is True and dry["refine"]["via"] == f"command {sys.executable!r}"
+    assert [pair["refined_prompt"] for pair in dry["refine"]["prompts"]] == [None, None, None]
+    assert dry["request"]["refiner"] is None and dry["request"]["refined_prompts"] is None
+    real = submit_infer(project, **args)
+    assert counter.read_text() == "xx" and real["refine"]["dry_run"] is False  # each distinct prompt once
+    sweep = submit_sweep(project, **{**args, "prompts": ("a cat", "a dog")}, nodes="worker-5,worker-6",
+                         output=str(tmp_path / "sweep"), dry_run=True)
+    assert counter.read_text() == "xx" and sweep["refine"]["dry_run"] is True and sweep["runs"]
+    assert len(fake.requests) == 1 and not (tmp_path / "sweep").exists()
+
+    (tmp_path / "http").mkdir()
+    http = http_config(tmp_path / "http", chat.url())
+    dry_http = submit_infer(project, **TINY, prompts=("a cat",), refine="http", refine_config=str(http),
+                            environ={"REFINE_TEST_KEY": KEY}, dry_run=True)
+    assert chat.seen == [] and dry_http["refine"]["via"] == f"http tiny-llm at {chat.url()}"
+    with pytest.raises(UserError, match="REFINE_TEST_KEY"):  # the key is still checked
+        submit_infer(project, **TINY, prompts=("a cat",), refine="http", refine_config=str(http), environ={},
+                     dry_run=True)
+    template = submit_infer(project, **TINY, prompts=("a cat",), refine="template", dry_run=True)
+    assert template["refine"]["prompts"][0]["refined_prompt"].startswith("A cat. The video is a close-up shot")
+
+
+def test_camera_motion_reaches_the_template_refiner(project, fake):
+    result = submit_infer(project, **TINY, prompts=("a dog runs on the beach",), refine="template",
+                          camera_motion="pan left", dry_run=True)
+    refined = result["refine"]["prompts"][0]["refined_prompt"]
+    assert "steady" not in refined and "close-up shot" in refined
+
+
+def test_other_refine_settings_make_another_sweep_and_a_reused_one_needs_no_key(project, chat, tmp_path, fake):
+    prompts = ("a cat", "a dog")
+    http = http_config(tmp_path, chat.url())
+    args = dict(**TINY, prompts=prompts, nodes="worker-5,worker-6", refine="http", refine_config=str(http))
+    first = submit_sweep(project, **args, environ={"REFINE_TEST_KEY": KEY})
+    assert len(chat.seen) == 2 and first["refine"]["reused"] is False
+    manifest = json.loads((Path(first["output_dir"]) / records.MANIFEST).read_text())
+    assert len(manifest["settings"]["refine_settings"]) == 12 and KEY not in json.dumps(manifest)
+
+    again = submit_sweep(project, **args, environ={})  # every text reused: nothing sent, no key needed
+    assert again["sweep"] == first["sweep"] and again["refine"]["reused"] is True and len(chat.seen) == 2
+
+    http.write_text(http.read_text().replace("model: tiny-llm", "model: other-llm"))
+    other = submit_sweep(project, **args, environ={"REFINE_TEST_KEY": KEY}, dry_run=True)
+    assert other["sweep"] != first["sweep"] and other["refine"]["reused"] is False  # a new sweep, a new folder
+    with pytest.raises(UserError, match="REFINE_TEST_KEY"):  # this one would refine: the key is needed
+        submit_sweep(project, **args, environ={}, dry_run=True)
+    with pytest.raises(UserError) as info:  # the old folder: refused, saying what changed
+        submit_sweep(project, **args, environ={"REFINE_TEST_KEY": KEY}, output=first["output_dir"])
+    assert "(refine_settings differ)" in info.value.message
+    assert f"made by http tiny-llm at {chat.url()} with other http settings" in info.value.message
+    assert len(chat.seen) == 2
+
+
 # ----------------------------------------------------------------------------------------------- CLI
 
 
@@ -391,8 +492,10 @@ def test_cli_refine_choices_missing_key_and_the_refined_prompts_shown(tmp_path, 
     ok = run_cli(tmp_path, *base, "--refine", "http", "--refine-config", str(config),
                  env={"REFINE_TEST_KEY": KEY})
     assert ok.returncode == 0, ok.stderr
-    assert "0 prompt:  a cat" in ok.stdout and "0 refined: A detailed shot of a cat." in ok.stdout
-    assert KEY not in ok.stdout + ok.stderr
+    assert f"would refine 1 prompt(s) with http tiny-llm at {chat.url()} (a dry run calls no refiner)" in ok.stdout
+    assert KEY not in ok.stdout + ok.stderr and chat.seen == []
+    shown = run_cli(tmp_path, *base, "--refine", "template")  # the template runs on a dry run too
+    assert "0 prompt:  a cat" in shown.stdout and "0 refined: A cat. The video is a close-up shot" in shown.stdout
     as_json = run_cli(tmp_path, *base, "--refine", "template", "--json")
     pair = json.loads(as_json.stdout)["result"]["refine"]["prompts"][0]
     assert pair["prompt"] == "a cat" and pair["refined_prompt"].startswith("A cat. The video is a close-up shot")

@@ -78,7 +78,9 @@ def test_image_to_video_keeps_the_conditioning_frame_at_every_step(models):
 def test_extending_reproduces_the_conditioning_frames(models):
     cond, frame_mask, seen, _ = sample(models, make(reference_paths=(VIDEO,), mask_strategies=("0,0,-5,0,5",)))
     [reference] = cond.refs[0]
-    assert reference.shape[1] == 15  # the whole 51-frame video: 15 latent frames
+    assert reference.shape[1] == 15  # as long as the whole 51-frame video: 15 latent frames
+    # only the last 17-frame VAE chunk (latent frames 10..14) was decoded and encoded; nothing reads the rest
+    assert not reference[:, :10].any() and reference[:, 10:].abs().sum() > 0
     assert frame_mask.tolist() == [[0.0] * 5 + [1.0] * 10]
     final = seen[-1][0]
     assert torch.equal(final[:, :5], reference[:, 10:15])  # its last 17 frames start the new video
@@ -185,9 +187,27 @@ def test_json_suffix_and_segments():
                          ('a{"mask_strategy": 0}', "mask_strategy must be a string")):
         with pytest.raises(ConditioningError, match=message):
             split_json_suffix(bad)
-    for bad, message in (("|0|a|0|b", "must increase"), ("|0|a|x|b", "'x' is not"), ("|0|a|2", "alternate")):
+    assert split_segments("a |1| b") == ((0, "a |1| b"),) and split_segments("|x|a") == ((0, "|x|a"),)
+    for bad, message in (("|0|a|0|b", "must increase"), ("|0|a|x|b", "'x' is not"), ("|0|a|2", "alternate"),
+                         ("|1|a|2|b", r"^prompt '\|1\|a\|2\|b' starts with a loop-segment marker but not with "
+                                      r"'\|0\|': a multi-segment prompt must start with exactly '\|0\|'"),
+                         (" |0|a", r"starts with a loop-segment marker but not with '\|0\|'")):
         with pytest.raises(ConditioningError, match=message):
             split_segments(bad)
+
+
+def test_reference_span_and_partial_video_reads():
+    """What ``encode_reference`` decodes: the latent frames the groups copy (ratio 1 copies nothing),
+    and exactly those pixel frames of the video."""
+    span = lambda text: ms.reference_span(ms.parse_mask_strategy(text), 0, 15, 15, 5)  # noqa: E731
+    assert span("0,0,-5,0,5;0,0,0,0,1,1") == (10, 15) and span("0,0,0,0,1,1") is None
+    assert span("0,0,0,0,2;0,0,7,5,3") == (0, 8) and span("0,1") is None
+    from opensora_core.inference.references import load_pixels, probe
+
+    assert probe(VIDEO).frames == 51 and probe(IMAGE).frames == 1
+    whole = load_pixels(VIDEO, 144, 256)
+    assert whole.shape == (3, 51, 144, 256)
+    assert torch.equal(load_pixels(VIDEO, 144, 256, (34, 51)), whole[:, 34:51])
 
 
 def test_encoder_text_appends_each_score_once():
@@ -212,18 +232,21 @@ def submit(project, **options):
 @pytest.mark.parametrize("options, error, message", [
     (dict(mask_strategy="0,0,0,0,1,0,7"), ConditioningError, r"'0,0,0,0,1,0,7' has 7 field\(s\).*1 to 6"),
     (dict(mask_strategy="0,,1"), ConditioningError, r"'0,,1' has 3 field\(s\) \(one empty\)"),
-    (dict(mask_strategy="0,x"), ConditioningError, r"ref_index 'x' in group '0,x' is not an integer"),
+    (dict(mask_strategy="0,x"), ConditioningError, r"^mask_strategy '0,x' of prompt 0: ref_index 'x' in group "
+                                                   r"'0,x' is not an integer"),
     (dict(mask_strategy="0,0,0,0,1.5"), ConditioningError, r"length '1.5' .* is not an integer"),
     (dict(mask_strategy="0,0,0,0,1,abc"), ConditioningError, r"edit_ratio 'abc' .* is not a number"),
-    (dict(mask_strategy="0,1"), ConditioningError, r"uses ref_index 1 but there are 1 reference\(s\) given: "
-                                                   r"valid ref_index 0..0"),
+    (dict(mask_strategy="0,1"), ConditioningError, r"^mask_strategy '0,1' of prompt 0: group '0,1,0,0,1,0' uses "
+                                                   r"ref_index 1 but the prompt has 1 reference\(s\): valid "
+                                                   r"ref_index 0..0$"),
     (dict(mask_strategy="0,0,0,0,1,1.5"), ConditioningError, r"edit_ratio 1.5; it must be in \[0, 1\]"),
     (dict(mask_strategy="0,0,0,0,1,-0.1"), ConditioningError, r"edit_ratio -0.1; it must be in \[0, 1\]"),
     (dict(mask_strategy="0,0,0,0,1,nan"), ConditioningError, r"edit_ratio nan; it must be in \[0, 1\]"),
     (dict(mask_strategy="0,0,0,0,0"), ConditioningError, r"length 0; it must be >= 1"),
     (dict(mask_strategy="1"), ConditioningError, r"loop_id 1 but --loop is 1 \(valid loop_id 0..0\)"),
-    (dict(mask_strategy="0,0,0,20,1"), ConditioningError, r"target_start resolves to latent frame 20, outside the "
-                                                          r"video \(15 latent frame\(s\)"),
+    (dict(mask_strategy="0,0,0,20,1"), ConditioningError, r"^mask_strategy '0,0,0,20,1' of prompt 0 \(reference 0: "
+                                                          r"image .*\): group '0,0,0,20,1,0': target_start resolves "
+                                                          r"to latent frame 20, outside the video \(15 latent frame"),
     (dict(mask_strategy=""), ConditioningError, r"has reference_path .* but no mask_strategy"),
     (dict(ref="missing.png"), ReferenceNotFound, r"reference 'missing.png' does not exist"),
     (dict(ref="unreadable.png"), ConditioningError, r"unreadable.png' cannot be read as an image"),
@@ -252,6 +275,11 @@ def test_bad_conditioning_is_refused_at_submit(project, tmp_path, options, error
     (dict(reference_paths=(IMAGE, IMAGE), mask_strategies=("0", "0")), r"--reference-path was given 2 time\(s\) "
                                                                      r"for 1 prompt\(s\)"),
     (dict(start_index=1), r"--start-index 1 must be an integer in 0..0"),
+    (dict(mask_strategies=("0",)), r"^mask_strategy '0' of prompt 0: group '0,0,0,0,1,0' uses ref_index 0 but the "
+                                   r"prompt has no reference_path$"),
+    (dict(reference_paths=("a.png;;b.png",), mask_strategies=("0",)),
+     r"^reference_path 'a.png;;b.png' of prompt 0: an entry between ';' is empty$"),
+    (dict(prompts=("|1|a|2|b",), loop=3), r"'\|1\|a\|2\|b' starts with a loop-segment marker but not with '\|0\|'"),
     (dict(prompts=("a", "b"), end_index=3), r"--end-index 3 must be an integer in 1..2"),
 ])
 def test_bad_loop_and_prompt_settings_are_refused_at_submit(project, options, message):
@@ -271,3 +299,64 @@ def test_references_travel_as_absolute_paths_and_the_prompt_loses_its_json(proje
     sliced = submit(project, prompts=("a", "b", "c"), start_index=1, end_index=3, num_samples=2, dry_run=True)
     assert [Path(p).name.split("_", 3)[-1] for p in sliced["expected_outputs"]] == [
         "0001-0.mp4", "0001-1.mp4", "0002-0.mp4", "0002-1.mp4"]
+
+
+def test_per_prompt_lists_are_sliced_with_the_prompts(project):
+    """With --start-index/--end-index, --reference-path / --mask-strategy may be given once per prompt
+    of the whole list (sliced like it) or once per selected prompt; any other count names both."""
+    prompts, refs, masks = ("a", "b", "c", "d"), ("", IMAGE, IMAGE2, ""), ("", "0", "0,0,0,0,1,0.5", "")
+    both = dict(prompts=prompts, start_index=1, end_index=3, dry_run=True)
+    for given in (dict(reference_paths=refs, mask_strategies=masks),
+                  dict(reference_paths=refs[1:3], mask_strategies=masks[1:3]),
+                  dict(reference_paths=refs, mask_strategies=masks[1:3])):
+        request = InferRequest.from_dict(submit(project, **both, **given)["request"])
+        assert request.prompts == ("b", "c") and request.reference_paths == (IMAGE, IMAGE2)
+        assert request.mask_strategies == ("0", "0,0,0,0,1,0.5") and request.start_index == 1
+    with pytest.raises(ConditioningError, match=r"^--reference-path was given 3 time\(s\) for prompts 1..2 of 4 "
+                       r"\(--start-index 1, --end-index 3\): give it once per prompt of the list \(4\) or once per "
+                       r"selected prompt \(2\)"):
+        submit(project, **both, reference_paths=refs[:3], mask_strategies=masks)
+
+
+def test_index_prompt_index_is_the_file_name_index_and_report_matches_on_it(models, tmp_path):
+    """--start-index 2: the index says prompt_index 2 and 3, as the file names, so ``report --match
+    index`` puts them beside lines 2 and 3 of a run of the whole file (the same videos: same seeds)."""
+    from clusterkit.report.gallery import OK, Tile, match_rows
+    from clusterkit.report.sources import Video
+
+    lines = ("w", "x", "y", "z")
+    full = generate(make(lines, frames="1", name="full"), models, tmp_path / "full", device=CPU)
+    part = generate(make(lines[2:], frames="1", name="part", start_index=2), models, tmp_path / "part", device=CPU)
+    assert [(e["file"], e["prompt_index"]) for e in part] == [("part_0002.png", 2), ("part_0003.png", 3)]
+    rows = match_rows([[Tile(Video(e, Path(e["path"])), OK) for e in run] for run in (full, part)], "index")
+    assert [[cell and cell.video.entry["prompt"] for cell in row.cells] for row in rows] == [
+        ["w", None], ["x", None], ["y", "y"], ["z", "z"]]
+    assert [e["pixels_sha256"] for e in full[2:]] == [e["pixels_sha256"] for e in part]
+
+
+def test_batch_size_is_not_sold_as_a_speedup():
+    """--batch-size changes nothing but the grouping (each video goes through the model alone)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "COLUMNS": "240", "TERM": "dumb", "NO_COLOR": "1"}
+    out = subprocess.run([sys.executable, "-m", "clusterkit", "submit", "infer", "--help"], capture_output=True,
+                         text=True, env=env, cwd=ROOT, check=True).stdout
+    help_text = " ".join(out.split())
+    assert "speed only" not in help_text and "gives no speedup" in help_text
+    for doc in ("docs/inference-modes.md", "docs/inference.md"):
+        row = next(line for line in (ROOT / doc).read_text().splitlines() if line.startswith("| `--batch-size"))
+        assert "speed only" not in row and "no speedup" in row and "alone" in row, (doc, row)
+    source = (ROOT / "opensora_core" / "inference" / "request.py").read_text()
+    assert "speed only" not in source.split("batch_size: int = 1", 1)[1].split('"""', 2)[1]
+
+
+def test_submit_imports_no_numpy():
+    """references.py needs numpy only to load pixels (in the job); importing it costs the submit host ~150 ms."""
+    import subprocess
+    import sys
+
+    code = ("import sys, clusterkit.submit, opensora_core.inference.conditioning_spec\n"
+            "assert 'numpy' not in sys.modules, 'numpy imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, capture_output=True)

@@ -47,3 +47,15 @@ def test_doc_example_request(mode, tmp_path):
     request = InferRequest.from_dict(out["result"]["request"])
     assert [Path(p).name for p in out["result"]["expected_outputs"]] == [v.filename for v in request.videos()]
     testing.check_mode(mode, request)
+
+
+def test_doc_says_what_its_tests_run():
+    """The doc's sentence about these tests: this file runs the commands with --dry-run --json (no
+    video is made), the integration file runs them as written; both files exist."""
+    text = " ".join((ROOT / "docs" / "inference-modes.md").read_text().split())
+    unit = "tests/unit/opensora/test_inference_modes_doc.py"
+    integration = "tests/integration/test_inference_modes_local.py"
+    assert f"`{unit}` runs each command with `--dry-run --json`" in text
+    assert f"`{integration}` runs each command as written, on the tiny model" in text
+    assert (ROOT / unit).is_file() and (ROOT / integration).is_file()
+    assert "runs each command's request on the tiny model" not in text
