@@ -159,7 +159,7 @@ def submit_sweep(
         from clusterkit.refine import build_refiner
 
         refiner = build_refiner(refine, loaded_refine, environ or {})
-    plans, result["skipped"] = _plan_nodes(project, draft, names, pins, force, len(todo))
+    plans, result["skipped"] = _plan_nodes(project, draft, names, pins, force, len(todo), pick_executor(executor))
     if not plans:
         raise UserError(f"no node of {nodes} can run this sweep: "
                         + "; ".join(f"{n}: {why}" for n, why in result["skipped"].items()))
@@ -256,13 +256,14 @@ def collect(output_dir: Path) -> dict:
 
 
 def _plan_nodes(project: Project, draft: InferRequest, names: list[str], pins: LayoutPins, force: bool,
-                videos: int) -> tuple[dict, dict]:
-    """(node -> Choice) for the nodes that can run the sweep, (node -> reason) for the others."""
+                videos: int, executor: str) -> tuple[dict, dict]:
+    """(node -> Choice) for the nodes that can run the sweep, (node -> reason) for the others; the
+    calibrations that apply where the jobs will run (``executor``) rank them, as for one run."""
     plans, skipped = {}, {}
     for name in names:  # the planner memoises per node kind: equal nodes cost one plan
         try:
             plans[name] = choose_settings(project, draft, node=name, force=force, pins=pins,
-                                          objective="throughput", num_videos=videos)
+                                          objective="throughput", num_videos=videos, executor=executor)
         except UserError as exc:
             skipped[name] = exc.message
     return plans, skipped

@@ -477,3 +477,24 @@ def test_summary_keeps_the_headline_numbers():
     assert summary["stages_s"]["total"] == {"mean": 2.5, "min": 2.0, "max": 3.0}
     assert list(summary["stages_s"]) == ["text_encoding", "denoising", "denoising_step", "decode", "write", "total"]
     assert summary["peak_memory"]["peak_bytes"] == 3000 and summary["gpu"]["device"] == "cpu"
+
+
+def test_a_sweep_ranks_with_the_calibrations_of_where_its_jobs_run(tmp_path):
+    """A sweep plans like one run: a local bench's figure counts for local jobs, never for Slurm ones."""
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a\nb\n")
+    runs = tmp_path / "runs"
+    CalibrationStore(runs).add(calibration("20260101-120000-bench-fa57", node="worker-5", factor=50.0,
+                                           executor="local"))
+
+    def seconds(executor):
+        proc = cli("submit", "infer", "--model", "tiny", "--res", "144p", "--frames", "17", "--prompts-file",
+                   str(prompts), "--nodes", "worker-5,worker-6", "--executor", executor, "--dry-run", "--json",
+                   runs_dir=runs)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        result = json.loads(proc.stdout)["result"]
+        return {r["node"]: r["seconds_per_video"] for r in result["runs"]} | {n: None for n in result["unused"]}
+
+    slurm, local = seconds("slurm"), seconds("local")
+    assert "worker-5" in slurm and slurm["worker-5"] is not None  # model figures: worker-5 gets videos
+    assert local.get("worker-5") is None  # 50x slower where the local jobs really run: left unused
