@@ -238,7 +238,8 @@ def model_prediction(inventory, request: InferRequest, choice: Choice) -> Predic
     from clusterkit.planner import PlanRequest, plan
 
     layout = choice.layout
-    pins = {"gpus": layout.world_size, "sp": layout.sp, "cfg_parallel": layout.cfg_enabled}
+    pins = {"gpus": layout.world_size, "sp": layout.sp, "cfg_parallel": layout.cfg_enabled,
+            "sp_scheme": layout.sp_scheme}
     if choice.plan is not None:
         pins.update({key: choice.plan[key] for key in ("dtype", "attention", "t5", "vae_micro_batch")})
     the_plan = plan(inventory, PlanRequest(resolution=request.resolution, frames=request.frames,

@@ -35,6 +35,8 @@ def plan_command(
     sp: Optional[int] = typer.Option(None, "--sp", help="Pin the sequence-parallel degree (1 2 4 8 16)."),
     cfg_parallel: Optional[bool] = typer.Option(
         None, "--cfg-parallel/--no-cfg-parallel", help="Pin splitting the CFG pair over 2 GPUs."),
+    sp_scheme: str = typer.Option("dsp", "--sp-scheme", help="SP scheme whose traffic is charged: dsp (default) | "
+                                  "ulysses (as submit infer --sp-scheme)."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="Pin bf16 | fp16."),
     attention: Optional[str] = typer.Option(None, "--attention", help="Pin fused (FlashAttention-2) | unfused."),
     t5: Optional[str] = typer.Option(None, "--t5", help="Pin gpu-fp32 (upstream default) | gpu-bf16 | offload."),
@@ -58,7 +60,7 @@ def plan_command(
     request = PlanRequest(
         resolution=res, frames=frames, task=task, aspect_ratio=aspect_ratio, num_videos=num_videos,
         nodes=node or nodes or "all", objective=objective, gpus=gpus, sp=sp, cfg_parallel=cfg_parallel,
-        dtype=dtype, attention=attention, t5=t5, vae_micro_batch=vae_micro_batch,
+        dtype=dtype, attention=attention, t5=t5, vae_micro_batch=vae_micro_batch, sp_scheme=sp_scheme,
     )
     preset = get_preset(model).name  # InvalidChoice naming the presets
     executor_name = pick_executor(executor)  # InvalidChoice naming auto, slurm, local

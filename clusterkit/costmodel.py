@@ -174,6 +174,7 @@ class Settings:
     attention: str = "fused"
     t5: str = "gpu-fp32"
     vae_micro_batch: int = VAE_MICRO_BATCH_DEFAULT
+    sp_scheme: str = SP_SCHEME  # which all-to-alls SP sends (opensora_core.parallel: dsp | ulysses)
 
     @property
     def group(self) -> int:
@@ -362,17 +363,17 @@ def _comm_per_step(work: Workload, settings: Settings, fabric: str) -> float:
     return seconds + sent / (alltoall_gbs(fabric, settings.sp) * 1e9) + calls * COLLECTIVE_LATENCY_S
 
 
-def step_volume(work: Workload, settings: Settings, scheme: str = SP_SCHEME) -> volume.StepVolume:
+def step_volume(work: Workload, settings: Settings, scheme: str | None = None) -> volume.StepVolume:
     """Bytes one rank sends per sampling step with our SP ``scheme`` (opensora_core.parallel.volume;
     the benchmark checks the formula against counted bytes), bf16 activations."""
     return volume.step_volume(
-        scheme=scheme, sp=settings.sp, cfg=2 if settings.cfg_parallel else 1, videos=1, frames=work.temporal,
+        scheme=scheme or settings.sp_scheme, sp=settings.sp, cfg=2 if settings.cfg_parallel else 1, videos=1, frames=work.temporal,
         spatial_tokens=work.rows * work.cols, hidden=HIDDEN_SIZE, depth=DEPTH, out_dim=OUT_PER_TOKEN,
         latent_elements=LATENT_CHANNELS * work.temporal * 2 * work.rows * 2 * work.cols, elem_bytes=2,
     )
 
 
-def sp_bytes_per_step(work: Workload, settings: Settings, scheme: str = SP_SCHEME) -> float:
+def sp_bytes_per_step(work: Workload, settings: Settings, scheme: str | None = None) -> float:
     """Bytes one rank sends per sampling step for sequence parallelism (all-to-alls and the output
     gather). ``scheme="upstream"``: v1.2's own SP, 6 all-to-alls of a hidden-sized bf16 tensor per
     spatial block, each keeping 1/p of it local (performance_facts §3.5), for comparison."""

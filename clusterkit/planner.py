@@ -21,6 +21,7 @@ from clusterkit.calibration import EXECUTORS, Calibration, Configuration, pick
 from clusterkit.errors import InvalidChoice, UserError
 from clusterkit.gpus import GPUSpec
 from opensora_core import geometry
+from opensora_core.parallel.layout import SP_SCHEMES
 
 TASKS = ("infer", "train")
 OBJECTIVES = ("latency", "throughput")
@@ -66,6 +67,8 @@ class PlanRequest:
     attention: str | None = None
     t5: str | None = None
     vae_micro_batch: int | None = None
+    sp_scheme: str = cm.SP_SCHEME
+    """Which SP scheme the job will run (its all-to-alls are what the communication term charges)."""
     steps: int = cm.SAMPLING_STEPS
     num_frames: int = field(init=False)
     height: int = field(init=False)
@@ -90,6 +93,7 @@ class PlanRequest:
                 f"{cm.NUM_HEADS}; {self.sp} ranks crash or hang in NCCL (the seed's 6-GPU timeout)"))
         if self.cfg_parallel not in (None, True, False):
             raise InvalidChoice("--cfg-parallel", self.cfg_parallel, ["true", "false"])
+        _one_of("--sp-scheme", self.sp_scheme, SP_SCHEMES)
         for name, choices in (("dtype", cm.DTYPES), ("attention", cm.ATTENTION), ("t5", cm.T5_PLACEMENTS)):
             if getattr(self, name) is not None:
                 _one_of(f"--{name}", getattr(self, name), choices)
@@ -496,7 +500,8 @@ class _Estimates:
 
 
 def _estimate(estimates: _Estimates, work: cm.Workload, facts: NodeFacts, key: tuple, data_parallel: int) -> _Estimate:
-    """Memory, time and rejection reason of ``key`` = (sp, cfg_parallel, dtype, attention, t5, vae_micro_batch)."""
+    """Memory, time and rejection reason of ``key`` = (sp, cfg_parallel, dtype, attention, t5, vae_micro_batch,
+    sp_scheme)."""
     settings = cm.Settings(*key)
     memory = estimates.memory(work, settings, data_parallel)
     if work.task == "train":
@@ -548,9 +553,10 @@ def _options(facts: NodeFacts, request: PlanRequest, work: cm.Workload,
     out = []
     for layout in layouts:
         data_parallel = layout.gpus if work.task == "train" else 1
-        group = (layout.sp, layout.cfg_parallel, data_parallel, keys)
+        group = (layout.sp, layout.cfg_parallel, data_parallel, request.sp_scheme, keys)
         if group not in table:  # the same group settings recur for every GPU count: estimate them once
-            table[group] = [_estimate(estimates, work, facts, (layout.sp, layout.cfg_parallel, *key), data_parallel)
+            table[group] = [_estimate(estimates, work, facts, (layout.sp, layout.cfg_parallel, *key, request.sp_scheme),
+                                      data_parallel)
                             for key in keys]
         out.append((layout, _rate(request, layout), table[group]))
     return out, []

@@ -230,7 +230,7 @@ def choose_settings(project: Project, request: InferRequest, *, node: str | None
         resolution=request.resolution, frames=request.frames, aspect_ratio=request.aspect_ratio,
         num_videos=num_videos or len(request.videos()), nodes=node or "all", objective=objective,
         gpus=fixed.world_size if tiny else pins.gpus, sp=fixed.sp if tiny else pins.sp,
-        cfg_parallel=fixed.cfg_enabled if tiny else pins.cfg_parallel, steps=request.steps,
+        cfg_parallel=fixed.cfg_enabled if tiny else pins.cfg_parallel, steps=request.steps, sp_scheme=pins.sp_scheme,
     )
     from clusterkit.calibration import CalibrationStore
 

@@ -403,3 +403,16 @@ def test_cli_plan_uses_a_6_gpu_node_without_a_6_way_split():
     single = node_plan(PlanRequest("360p", "4s", nodes="worker-1"))
     assert single.chosen.layout.gpus == 4 and any("2 of 6 GPUs idle" in r for r in single.reasons)
     assert all(c.layout.sp != 6 for c in single.candidates)
+
+
+def test_the_communication_charged_is_that_of_the_sp_scheme_the_job_runs():
+    # worker-5: 4x A6000 on PCIe, SP over all 4 GPUs; the same layout planned for each scheme
+    pinned = dict(gpus=4, sp=4, cfg_parallel=False, dtype="bf16", attention="fused", t5="gpu-bf16", vae_micro_batch=1)
+    by_scheme = {s: node_plan(PlanRequest("720p", "4s", nodes="worker-5", sp_scheme=s, **pinned)).chosen
+                 for s in ("dsp", "ulysses")}
+    dsp, ulysses = by_scheme["dsp"], by_scheme["ulysses"]
+    assert dsp.settings.sp_scheme == "dsp" and ulysses.settings.sp_scheme == "ulysses"
+    assert ulysses.timing.comm > dsp.timing.comm > 0  # Ulysses sends 4 hidden-sized all-to-alls per block, DSP 2
+    assert ulysses.timing.dit == dsp.timing.dit and ulysses.memory.peak == dsp.memory.peak  # only the traffic differs
+    with pytest.raises(InvalidChoice, match="--sp-scheme 'ring'"):
+        PlanRequest("720p", "4s", sp_scheme="ring")
