@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,10 +33,10 @@ from clusterkit.launch.records import atomic_write_json, new_run_id, read_json
 from clusterkit.launch.render import RunPaths
 from clusterkit.launch.spec import LaunchSpec, node_slots
 from clusterkit.project import Project
-from clusterkit.submit import PROMPTS_FILE, REQUEST_FILE, Choice, LayoutPins, choose_settings
+from clusterkit.submit import PROMPTS_FILE, REQUEST_FILE, Choice, LayoutPins, choose_settings, resolve_checkpoint
 from opensora_core.inference.request import InferRequest
 from opensora_core.parallel.layout import DEFAULT_SP_SCHEME
-from opensora_core.presets import checkpoint_paths, get_preset
+from opensora_core.presets import get_preset
 
 PRESET = "bench-infer"
 REPORT_FILE = "bench-report.json"
@@ -92,6 +92,7 @@ def bench_infer(
     aspect_ratio: str = "9:16",
     model: str = "opensora-v1.2",
     ckpt_dir: str | None = None,
+    ckpt_paths: Mapping[str, str] | None = None,
     gpus: int | None = None,
     sp: int | None = None,
     cfg_parallel: bool | None = None,
@@ -118,11 +119,10 @@ def bench_infer(
     report_path = check_report_path(report) if report is not None else None
     pins = LayoutPins(gpus, sp, cfg_parallel, sp_scheme)
     pins.check(preset.stdit3_config.get("num_heads", 16))
-    if ckpt_dir is not None:
-        checkpoint_paths(ckpt_dir)
-        ckpt_dir = str(Path(ckpt_dir).expanduser().resolve())
+    ckpt_dir, ckpt_paths = resolve_checkpoint(ckpt_dir, ckpt_paths)
     draft = InferRequest(prompts=(prompt,), frames=frames, resolution=resolution, aspect_ratio=aspect_ratio,
-                         model=model, ckpt_dir=ckpt_dir, seed=seed, steps=steps)  # --res/--frames checked here
+                         model=model, ckpt_dir=ckpt_dir, ckpt_paths=ckpt_paths, seed=seed,
+                         steps=steps)  # --res/--frames checked here
     executor_name = pick_executor(executor)
     choice = choose_settings(project, draft, node=node, force=force, pins=pins, num_videos=1,
                              executor=executor_name)
@@ -162,7 +162,7 @@ def bench_infer(
     gpu = inventory_node.gpu.spec
     asked = {"model": preset.name, "resolution": resolution, "frames": frames, "aspect_ratio": aspect_ratio,
              "steps": steps, "prompt": prompt, "seed": seed, "cfg_scale": request.cfg_scale, "fps": request.fps,
-             "ckpt_dir": ckpt_dir}
+             "ckpt_dir": ckpt_dir, "ckpt_paths": ckpt_paths}
     the_report = build_report(raw, run_id=run_id, executor=executor_name, request=asked,
                               inventory_gpu={"model": gpu.key, "name": gpu.name, "count": inventory_node.gpu.count})
     calibration, why_not = calibrate(the_report, prediction)

@@ -8,7 +8,9 @@ from typing import Optional
 
 import typer
 
-from clusterkit.cli_common import EXECUTOR_OPT, JSON_OPT, JobProgressBar, get_state
+from clusterkit.cli_common import (CKPT_DIR_OPT, CKPT_PATH_DIT_OPT, CKPT_PATH_T5_OPT, CKPT_PATH_VAE2D_OPT,
+                                  CKPT_PATH_VAE3D_OPT, EXECUTOR_OPT, JSON_OPT, JobProgressBar, ckpt_paths,
+                                  get_state)
 from clusterkit.output import console, emit
 
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that feed the planner: inference.")
@@ -26,8 +28,13 @@ def infer_command(
     res: str = typer.Option(..., "--res", "--resolution", help="Resolution: 144p 240p 360p 480p 720p 1080p 2k 4k (or 256 512 ...)."),
     frames: str = typer.Option(..., "--frames", "--num-frames", help="2s 4s 8s 16s 32s, 1x … 16x, or a frame count (1 = image)."),
     aspect_ratio: str = typer.Option("9:16", "--aspect-ratio", help="H:W as in Open-Sora (9:16 is landscape)."),
-    model: str = typer.Option("opensora-v1.2", "--model", help="opensora-v1.2 (needs --ckpt-dir) | tiny (random)."),
-    ckpt_dir: Optional[str] = typer.Option(None, "--ckpt-dir", help="Folder with dit/ t5/ vae2d/ vae3d/."),
+    model: str = typer.Option("opensora-v1.2", "--model", help="opensora-v1.2 (needs --ckpt-dir or the four "
+                              "--ckpt-path-*) | tiny (random without them)."),
+    ckpt_dir: Optional[str] = CKPT_DIR_OPT,
+    ckpt_path_dit: Optional[str] = CKPT_PATH_DIT_OPT,
+    ckpt_path_t5: Optional[str] = CKPT_PATH_T5_OPT,
+    ckpt_path_vae2d: Optional[str] = CKPT_PATH_VAE2D_OPT,
+    ckpt_path_vae3d: Optional[str] = CKPT_PATH_VAE3D_OPT,
     gpus: Optional[int] = typer.Option(None, "--gpus", help="GPUs: one group of CFG split x --sp (one video)."),
     sp: Optional[int] = typer.Option(None, "--sp", help="Sequence-parallel degree; must divide the attention heads."),
     cfg_parallel: Optional[bool] = typer.Option(
@@ -58,7 +65,8 @@ def infer_command(
     try:
         result = bench_infer(
             state.project(), node=node, frames=frames, resolution=res, aspect_ratio=aspect_ratio, model=model,
-            ckpt_dir=ckpt_dir, gpus=gpus, sp=sp, cfg_parallel=cfg_parallel, sp_scheme=sp_scheme, steps=steps,
+            ckpt_dir=ckpt_dir, ckpt_paths=ckpt_paths(ckpt_path_dit, ckpt_path_t5, ckpt_path_vae2d, ckpt_path_vae3d),
+            gpus=gpus, sp=sp, cfg_parallel=cfg_parallel, sp_scheme=sp_scheme, steps=steps,
             warmup=warmup, evals=evals, prompt=prompt, seed=seed, report=report, executor=executor,
             nccl_profile=nccl_profile, env=parse_env_assignments(env), force=force, timeout_s=timeout,
             on_progress=progress.update if progress else None, on_submitted=progress.start if progress else None,

@@ -13,6 +13,22 @@ import typer
 
 JSON_OPT = typer.Option(False, "--json", help="Print the versioned JSON envelope instead of tables.")
 EXECUTOR_OPT = typer.Option("auto", "--executor", help="auto (Slurm when a controller answers) | slurm | local.")
+CKPT_DIR_OPT = typer.Option(None, "--ckpt-dir", help="Folder with dit/ t5/ vae2d/ vae3d/ (or give the four "
+                            "--ckpt-path-* folders).")
+CKPT_PATH_DIT_OPT = typer.Option(None, "--ckpt-path-dit", help="The transformer's own folder (a download of "
+                                 "hpcai-tech/OpenSora-STDiT-v3); replaces --ckpt-dir's dit/.")
+CKPT_PATH_T5_OPT = typer.Option(None, "--ckpt-path-t5", help="The text encoder's own folder (DeepFloyd/t5-v1_1-xxl); "
+                                "replaces --ckpt-dir's t5/.")
+CKPT_PATH_VAE2D_OPT = typer.Option(None, "--ckpt-path-vae2d", help="The spatial VAE's own folder (PixArt-alpha/"
+                                   "pixart_sigma_sdxlvae_T5_diffusers); replaces --ckpt-dir's vae2d/.")
+CKPT_PATH_VAE3D_OPT = typer.Option(None, "--ckpt-path-vae3d", help="The video VAE's own folder (hpcai-tech/"
+                                   "OpenSora-VAE-v1.2); replaces --ckpt-dir's vae3d/.")
+
+
+def ckpt_paths(dit: str | None, t5: str | None, vae2d: str | None, vae3d: str | None) -> dict[str, str]:
+    """The ``--ckpt-path-<name>`` options given, by component."""
+    return {name: path for name, path in (("dit", dit), ("t5", t5), ("vae2d", vae2d), ("vae3d", vae3d))
+            if path is not None}
 
 
 @dataclass

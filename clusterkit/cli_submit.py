@@ -8,7 +8,9 @@ from typing import Optional
 
 import typer
 
-from clusterkit.cli_common import EXECUTOR_OPT, JSON_OPT, JobProgressBar, get_state
+from clusterkit.cli_common import (CKPT_DIR_OPT, CKPT_PATH_DIT_OPT, CKPT_PATH_T5_OPT, CKPT_PATH_VAE2D_OPT,
+                                  CKPT_PATH_VAE3D_OPT, EXECUTOR_OPT, JSON_OPT, JobProgressBar, ckpt_paths,
+                                  get_state)
 from clusterkit.output import console, emit
 
 submit_app = typer.Typer(no_args_is_help=True, help="Submit jobs: text-to-video inference.")
@@ -27,8 +29,13 @@ def infer_command(
     aspect_ratio: str = typer.Option("9:16", "--aspect-ratio", help="H:W as in Open-Sora (9:16 is landscape)."),
     prompt: list[str] = typer.Option([], "--prompt", help="A prompt (repeatable)."),
     prompts_file: Optional[str] = typer.Option(None, "--prompts-file", help="A UTF-8 file, one prompt per line."),
-    model: str = typer.Option("opensora-v1.2", "--model", help="opensora-v1.2 (needs --ckpt-dir) | tiny (random)."),
-    ckpt_dir: Optional[str] = typer.Option(None, "--ckpt-dir", help="Folder with dit/ t5/ vae2d/ vae3d/."),
+    model: str = typer.Option("opensora-v1.2", "--model", help="opensora-v1.2 (needs --ckpt-dir or the four "
+                              "--ckpt-path-*) | tiny (random without them)."),
+    ckpt_dir: Optional[str] = CKPT_DIR_OPT,
+    ckpt_path_dit: Optional[str] = CKPT_PATH_DIT_OPT,
+    ckpt_path_t5: Optional[str] = CKPT_PATH_T5_OPT,
+    ckpt_path_vae2d: Optional[str] = CKPT_PATH_VAE2D_OPT,
+    ckpt_path_vae3d: Optional[str] = CKPT_PATH_VAE3D_OPT,
     node: Optional[str] = typer.Option(None, "--node", help="Run on this node (default: the planner's best)."),
     nodes: Optional[str] = typer.Option(
         None, "--nodes", help="Sweep the prompts over these nodes ('all' or a,b,c): one job per node, one "
@@ -109,7 +116,9 @@ def infer_command(
     progress = None if state.json or not wait or dry_run else _ProgressBar()
     common = dict(
         frames=frames, resolution=res, aspect_ratio=aspect_ratio, prompts=tuple(prompt), prompts_file=prompts_file,
-        model=model, ckpt_dir=ckpt_dir, gpus=gpus, sp=sp, cfg_parallel=cfg_parallel, sp_scheme=sp_scheme,
+        model=model, ckpt_dir=ckpt_dir,
+        ckpt_paths=ckpt_paths(ckpt_path_dit, ckpt_path_t5, ckpt_path_vae2d, ckpt_path_vae3d),
+        gpus=gpus, sp=sp, cfg_parallel=cfg_parallel, sp_scheme=sp_scheme,
         seed=seed, steps=steps, num_samples=num_samples, cfg_scale=cfg_scale, fps=fps, executor=executor,
         nccl_profile=nccl_profile, output=output, wait=wait, dry_run=dry_run, force=force, timeout_s=timeout,
         on_progress=progress.update if progress else None, on_submitted=progress.start if progress else None,
@@ -179,6 +188,11 @@ def _render_submitted(result: dict) -> None:
               f"{result['num_videos']} video(s), {s['dtype'] or 'default precision'}, T5 {s['t5_dtype']}"
               f"{' on the CPU' if s['t5_device'] == 'cpu' else (', offloaded after encoding' if s['t5_offload'] else ', resident')}, "
               f"VAE micro-batch {s['vae_micro_batch']}, seed {s['seed']}, {s['steps']} steps")
+    request = result.get("request") or {}
+    if not result["random_weights"] and (request.get("ckpt_dir") or request.get("ckpt_paths")):
+        from opensora_core.presets import describe_checkpoint
+
+        out.print(f"weights: {escape(describe_checkpoint(request.get('ckpt_dir'), request.get('ckpt_paths')))}")
     for note in result["notes"]:
         out.print(f"[dim]note:[/dim] {escape(note)}")
     _print_refinement(out, result.get("refine"))

@@ -37,7 +37,7 @@ from opensora_core.errors import ConditioningError
 from opensora_core.inference.prompts import check_prompts, read_prompts_file
 from opensora_core.inference.request import InferRequest
 from opensora_core.parallel.layout import DEFAULT_SP_SCHEME, ParallelLayout, check_sp_degree
-from opensora_core.presets import checkpoint_paths, get_preset
+from opensora_core.presets import checkpoint_overrides, checkpoint_paths, get_preset
 
 PRESET = "infer"
 REQUEST_FILE = "request.json"
@@ -102,6 +102,7 @@ def submit_infer(
     prompts_file: str | None = None,
     model: str = "opensora-v1.2",
     ckpt_dir: str | None = None,
+    ckpt_paths: Mapping[str, str] | None = None,
     node: str | None = None,
     gpus: int | None = None,
     sp: int | None = None,
@@ -149,12 +150,10 @@ def submit_infer(
     if unknown:
         raise TypeError(f"submit_infer: unknown options {unknown}")
     options = slice_per_prompt(options, len(all_prompts), start_index, end_index)
-    if ckpt_dir is not None:
-        checkpoint_paths(ckpt_dir)  # the layout, from file names: missing components fail here
-        ckpt_dir = str(Path(ckpt_dir).expanduser().resolve())
+    ckpt_dir, ckpt_paths = resolve_checkpoint(ckpt_dir, ckpt_paths)  # missing components fail here
     draft = InferRequest(prompts=prompt_list, frames=frames, resolution=resolution, aspect_ratio=aspect_ratio,
-                         model=model, ckpt_dir=ckpt_dir, seed=seed, steps=steps, num_samples=num_samples,
-                         cfg_scale=cfg_scale, fps=fps, start_index=start_index, **options)
+                         model=model, ckpt_dir=ckpt_dir, ckpt_paths=ckpt_paths, seed=seed, steps=steps,
+                         num_samples=num_samples, cfg_scale=cfg_scale, fps=fps, start_index=start_index, **options)
     draft = draft.with_absolute_references()  # missing / unreadable references fail here, on this host
     executor_name = pick_executor(executor)  # local benches calibrate only plans that run locally
     choice = choose_settings(project, draft, node=node, force=force, pins=pins, executor=executor_name)
@@ -208,6 +207,22 @@ def submit_infer(
     if on_submitted is not None:
         on_submitted(result)
     return {**result, **wait_for_infer(project, run_id, timeout_s=timeout_s, on_progress=on_progress)}
+
+
+def resolve_checkpoint(ckpt_dir: str | None, ckpt_paths: Mapping[str, str] | None) -> tuple[str | None, dict]:
+    """``--ckpt-dir`` and the ``--ckpt-path-<name>`` component folders checked on this host (the
+    layout, from file names; every component must resolve) and made absolute, so the job finds them
+    whatever its working folder; (None, {}) when neither is given (random weights, or the request
+    names what is needed)."""
+    overrides = checkpoint_overrides(dict(ckpt_paths or {}))
+    if ckpt_dir is None and not overrides:
+        return None, {}
+    checkpoint_paths(ckpt_dir, **overrides)
+
+    def absolute(path: str) -> str:
+        return str(Path(path).expanduser().resolve())
+
+    return (None if ckpt_dir is None else absolute(ckpt_dir)), {name: absolute(p) for name, p in overrides.items()}
 
 
 TINY_SETTINGS = {"dtype": "fp32", "t5_device": "gpu", "t5_dtype": "fp32", "vae_micro_batch": 4, "flash_attn": False}

@@ -36,15 +36,15 @@ from clusterkit.launch.render import RunPaths
 from clusterkit.launch.spec import LaunchSpec, node_slots
 from clusterkit.project import Project
 from clusterkit.submit import (PRESET, PROMPTS_FILE, REQUEST_FILE, LayoutPins, _prompts, _refine, _warnings,
-                               choose_settings)
+                               choose_settings, resolve_checkpoint)
 from opensora_core.inference import records
 from opensora_core.inference.request import InferRequest, VideoItem
 from opensora_core.parallel.layout import DEFAULT_SP_SCHEME
-from opensora_core.presets import checkpoint_paths, get_preset
+from opensora_core.presets import get_preset
 
 #: Request fields that decide what the videos look like: the sweep's identity.
-IDENTITY = ("model", "ckpt_dir", "frames", "resolution", "aspect_ratio", "seed", "steps", "cfg_scale", "fps",
-            "num_samples", "aes")
+IDENTITY = ("model", "ckpt_dir", "ckpt_paths", "frames", "resolution", "aspect_ratio", "seed", "steps", "cfg_scale",
+            "fps", "num_samples", "aes")
 MANIFEST_SCHEMA = "clusterkit/sweep/v1"
 _ACTIVE = ("SUBMITTING", "PENDING", "RUNNING")
 
@@ -92,6 +92,7 @@ def submit_sweep(
     prompts_file: str | None = None,
     model: str = "opensora-v1.2",
     ckpt_dir: str | None = None,
+    ckpt_paths: Mapping[str, str] | None = None,
     gpus: int | None = None,
     sp: int | None = None,
     cfg_parallel: bool | None = None,
@@ -126,12 +127,10 @@ def submit_sweep(
     loaded_refine, refine_id = _refine_settings(project, refine, refine_config)  # checked; no key read yet
     names = [n.name for n in project.inventory.select(nodes)]  # unknown names: an error with the valid ones
     prompt_list = _prompts(prompts, prompts_file)
-    if ckpt_dir is not None:
-        checkpoint_paths(ckpt_dir)
-        ckpt_dir = str(Path(ckpt_dir).expanduser().resolve())
+    ckpt_dir, ckpt_paths = resolve_checkpoint(ckpt_dir, ckpt_paths)
     draft = InferRequest(prompts=prompt_list, frames=frames, resolution=resolution, aspect_ratio=aspect_ratio,
-                         model=model, ckpt_dir=ckpt_dir, seed=seed, steps=steps, num_samples=num_samples,
-                         cfg_scale=cfg_scale, fps=fps)
+                         model=model, ckpt_dir=ckpt_dir, ckpt_paths=ckpt_paths, seed=seed, steps=steps,
+                         num_samples=num_samples, cfg_scale=cfg_scale, fps=fps)
     if draft.conditioned:  # a prompt's {"reference_path": ...} suffix (docs/inference-modes.md)
         raise UserError("reference_path / mask_strategy in a prompt are not supported with --nodes (a sweep) yet",
                         hint="run those prompts on one node (--node, or no --nodes)")
@@ -322,8 +321,10 @@ def _save_manifest(output_dir: Path, manifest: dict | None, draft: InferRequest,
 
 
 def _identity(request: InferRequest, refine: Mapping[str, str] | None = None) -> dict:
-    # ``refine`` only when refining: unrefined sweeps keep the ids they had before --refine existed
-    return {**{key: getattr(request, key) for key in IDENTITY}, "prompts": list(request.prompts), **(refine or {})}
+    # ``refine`` only when refining, ``ckpt_paths`` only when given: sweeps without them keep the ids
+    # they had before those options existed
+    identity = {key: getattr(request, key) for key in IDENTITY if key != "ckpt_paths" or request.ckpt_paths}
+    return {**identity, "prompts": list(request.prompts), **(refine or {})}
 
 
 def _refine_settings(project: Project, method: str, config: str | None):

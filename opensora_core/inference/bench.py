@@ -71,7 +71,7 @@ class BenchProgress:
 
 
 def bench(request: InferRequest, result_path: Path, device: torch.device, parallel: ParallelContext | None, *,
-          ckpt_dir: str | Path, load_clock: StageClock, warmup: int, evals: int) -> dict | None:
+          ckpt_dir: str | Path | None, load_clock: StageClock, warmup: int, evals: int) -> dict | None:
     """Load once, run ``warmup + evals`` iterations; on rank 0 the raw result (other ranks: None)."""
     rank = parallel.rank if parallel is not None else 0
     leader = parallel is None or parallel.leader
@@ -85,7 +85,7 @@ def bench(request: InferRequest, result_path: Path, device: torch.device, parall
     print(f"[bench] model {preset.name} on {device}, {request.model_dtype}; T5 on {t5_device}, {request.t5_dtype}; "
           f"{warmup} warm-up + {evals} timed iteration(s)", flush=True)
     models = load_models(
-        preset, ckpt_dir, dtype=torch_dtype(request.model_dtype), device=device,
+        preset, ckpt_dir, ckpt_paths=request.ckpt_paths, dtype=torch_dtype(request.model_dtype), device=device,
         t5_dtype=torch_dtype(request.t5_dtype), t5_device=t5_device,
         vae_micro_batch=request.vae_micro_batch, flash_attn=request.flash_attn and device.type == "cuda",
         text_encoder=leader,
@@ -159,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         load_clock = StageClock(device)
         load_clock.begin("load")
         with tempfile.TemporaryDirectory(prefix="clusterkit-bench-") as tmp:
-            ckpt_dir = request.ckpt_dir or save_random_checkpoint(tmp, get_preset(request.model))
+            ckpt_dir = (save_random_checkpoint(tmp, get_preset(request.model)) if request.random_weights
+                        else request.ckpt_dir)  # None when ckpt_paths names every component
             parallel = _init_parallel(layout, rank, device) if world > 1 else None
             with torch.inference_mode():
                 result = bench(request, ns.result, device, parallel, ckpt_dir=ckpt_dir, load_clock=load_clock,

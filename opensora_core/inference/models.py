@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import torch
 
@@ -33,8 +34,9 @@ class Models:
 
 def load_models(
     preset: ModelPreset,
-    ckpt_dir: str | Path,
+    ckpt_dir: str | Path | None,
     *,
+    ckpt_paths: Mapping[str, str | Path] | None = None,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     t5_dtype: torch.dtype = torch.float32,
@@ -43,10 +45,11 @@ def load_models(
     flash_attn: bool = False,
     text_encoder: bool = True,
 ) -> Models:
-    """Load ``preset``'s shapes from ``ckpt_dir``; transformer and VAE in ``dtype`` on ``device``,
-    the text encoder in ``t5_dtype`` on ``t5_device`` (not at all with ``text_encoder=False``);
-    all in eval mode."""
-    paths = checkpoint_paths(ckpt_dir)
+    """Load ``preset``'s shapes from ``ckpt_dir``, each component from its own folder where
+    ``ckpt_paths`` (dit, t5, vae2d, vae3d -> folder) gives one; transformer and VAE in ``dtype``
+    on ``device``, the text encoder in ``t5_dtype`` on ``t5_device`` (not at all with
+    ``text_encoder=False``); all in eval mode."""
+    paths = checkpoint_paths(ckpt_dir, **(ckpt_paths or {}))
     stdit3_config = STDiT3Config(**{**preset.stdit3_config, "enable_flash_attn": flash_attn})
     stdit3 = STDiT3.from_pretrained(paths.dit, stdit3_config, dtype=dtype, device=device)
     _check_t5_width(paths.t5, stdit3_config.caption_channels, preset.name)
@@ -116,5 +119,6 @@ def _check_t5_width(t5: Path, caption_channels: int, model: str) -> None:
     if d_model != caption_channels:
         raise CheckpointMismatch(
             f"{path}: d_model={d_model!r} but the {model} transformer takes captions of width {caption_channels}",
-            hint="t5/ must hold the text encoder the transformer was trained with (DeepFloyd/t5-v1_1-xxl: 4096)",
+            hint="t5/ (or --ckpt-path-t5) must hold the text encoder the transformer was trained with "
+                 "(DeepFloyd/t5-v1_1-xxl: 4096)",
         )

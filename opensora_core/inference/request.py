@@ -27,7 +27,7 @@ from clusterkit.errors import InvalidChoice, UserError
 from opensora_core import geometry
 from opensora_core.dtypes import check_dtype_name
 from opensora_core.parallel.layout import DEFAULT_SP_SCHEME, ParallelLayout
-from opensora_core.presets import get_preset
+from opensora_core.presets import COMPONENT_OPTIONS, COMPONENTS, checkpoint_overrides, get_preset
 
 from . import conditioning_spec
 from .mask_strategy import DEFAULT_ALIGN, looped_frames
@@ -56,7 +56,11 @@ class InferRequest:
     """H:W as upstream ("9:16" is landscape) or a table key ("0.56")."""
     model: str = "tiny"
     ckpt_dir: str | None = None
-    """Checkpoint folder (dit/ t5/ vae2d/ vae3d/); required for opensora-v1.2; tiny: random weights without one."""
+    """Checkpoint folder (dit/ t5/ vae2d/ vae3d/); required for opensora-v1.2 unless ``ckpt_paths`` names all
+    four components; tiny: random weights without either."""
+    ckpt_paths: dict = field(default_factory=dict)
+    """Component name (dit, t5, vae2d, vae3d) -> its own folder (``--ckpt-path-<name>``), replacing
+    ``ckpt_dir/<name>``; the submit host sends them absolute and checked."""
     seed: int = DEFAULT_SEED
     steps: int = DEFAULT_STEPS
     cfg_scale: float = DEFAULT_CFG_SCALE
@@ -136,9 +140,16 @@ class InferRequest:
         object.__setattr__(self, "notes", tuple(self.notes))
         parse_geometry(self.frames, self.resolution, self.aspect_ratio)
         preset = get_preset(self.model)
-        if preset.weights_seed is None and not self.ckpt_dir:
-            raise UserError(f"--model {self.model} needs --ckpt-dir (its official weights)",
-                            hint="see docs/inference.md for the checkpoint layout; --model tiny runs without weights")
+        object.__setattr__(self, "ckpt_paths", checkpoint_overrides(self.ckpt_paths))
+        missing = [COMPONENT_OPTIONS[name] for name in COMPONENTS if name not in self.ckpt_paths]
+        hint = ("see docs/inference.md for the checkpoint layout (one folder, or one per component); "
+                "--model tiny runs without weights")
+        if not self.ckpt_dir and not self.ckpt_paths and preset.weights_seed is None:
+            raise UserError(f"--model {self.model} needs --ckpt-dir DIR or {', '.join(missing)} (its official "
+                            "weights)", hint=hint)
+        if not self.ckpt_dir and self.ckpt_paths and missing:  # every component must come from somewhere
+            raise UserError(f"--model {self.model}: no folder for {', '.join(missing)}; give them, or --ckpt-dir DIR "
+                            "to supply the rest", hint=hint)
         for name, low in (("steps", 1), ("fps", 1), ("num_samples", 1), ("batch_size", 1), ("seed", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -255,7 +266,7 @@ class InferRequest:
 
     @property
     def random_weights(self) -> bool:
-        return get_preset(self.model).random_weights(self.ckpt_dir)
+        return get_preset(self.model).random_weights(self.ckpt_dir, self.ckpt_paths)
 
     @property
     def num_heads(self) -> int:
@@ -287,6 +298,7 @@ class InferRequest:
         data["notes"] = list(self.notes)
         data["items"] = None if self.items is None else [list(item) for item in self.items]
         data["reference_paths"], data["mask_strategies"] = list(self.reference_paths), list(self.mask_strategies)
+        data["ckpt_paths"] = dict(self.ckpt_paths)
         return data
 
     @classmethod
@@ -299,7 +311,8 @@ class InferRequest:
         return cls(**{**data, "prompts": tuple(data.get("prompts", ())), "notes": tuple(data.get("notes", ())),
                       "items": None if items is None else tuple(tuple(item) for item in items),
                       "reference_paths": tuple(data.get("reference_paths", ())),
-                      "mask_strategies": tuple(data.get("mask_strategies", ()))})
+                      "mask_strategies": tuple(data.get("mask_strategies", ())),
+                      "ckpt_paths": data.get("ckpt_paths") or {}})
 
     def encoder_prompt(self, index: int) -> str:
         """The text prompt ``index`` is encoded from: its refined form when the prompts were refined."""

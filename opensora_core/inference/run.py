@@ -32,7 +32,7 @@ from opensora_core.inference.pipeline import StageClock, generate
 from opensora_core.inference.records import RECORDS, RUN_INDEXES, write_record
 from opensora_core.inference.request import InferRequest
 from opensora_core.parallel.groups import ParallelContext, build_context
-from opensora_core.presets import get_preset
+from opensora_core.presets import describe_checkpoint, get_preset
 
 PROGRESS_EVERY_S = 0.5
 
@@ -81,9 +81,10 @@ class Reporter:
 
 
 def run(request: InferRequest, result_path: Path, device: torch.device, parallel: ParallelContext | None = None,
-        *, ckpt_dir: str | Path, clock: StageClock, started: float) -> dict | None:
-    """Load the models from ``ckpt_dir``, make this rank's share of the videos; on rank 0 write the
-    index and return the result record (other ranks: None). ``clock`` has begun the "load" stage."""
+        *, ckpt_dir: str | Path | None, clock: StageClock, started: float) -> dict | None:
+    """Load the models from ``ckpt_dir`` (and the request's ``ckpt_paths``), make this rank's share of
+    the videos; on rank 0 write the index and return the result record (other ranks: None). ``clock``
+    has begun the "load" stage."""
     rank = parallel.rank if parallel is not None else 0
     leader = parallel is None or parallel.leader
     preset = get_preset(request.model)
@@ -95,7 +96,8 @@ def run(request: InferRequest, result_path: Path, device: torch.device, parallel
     if leader:  # only a group's first rank reads the references; checked (not decoded) before any weight loads
         request.check_references()
     random_weights = request.random_weights
-    weights = f"random, seed {preset.weights_seed}" if random_weights else str(request.ckpt_dir)
+    weights = (f"random, seed {preset.weights_seed}" if random_weights
+               else describe_checkpoint(request.ckpt_dir, request.ckpt_paths))
     if random_weights and rank == 0:
         print(f"[infer] WARNING: --model {preset.name} uses RANDOM weights (seed {preset.weights_seed}): the videos "
               "are noise, not generated content", flush=True)
@@ -103,7 +105,7 @@ def run(request: InferRequest, result_path: Path, device: torch.device, parallel
           f"{request.t5_dtype}; {len(request.prompts)} prompt(s) x {request.num_samples}", flush=True)
 
     models = load_models(
-        preset, ckpt_dir, dtype=torch_dtype(dtype_name), device=device,
+        preset, ckpt_dir, ckpt_paths=request.ckpt_paths, dtype=torch_dtype(dtype_name), device=device,
         t5_dtype=torch_dtype(request.t5_dtype), t5_device=t5_device,
         vae_micro_batch=request.vae_micro_batch, flash_attn=request.flash_attn and device.type == "cuda",
         text_encoder=leader,  # the group's first rank encodes and broadcasts the captions
@@ -183,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="clusterkit-tiny-") as tmp:
             # Random weights are written before joining the process group: transformers writes a
             # model's files only on rank 0 of an initialised group, and every rank reads its own copy.
-            ckpt_dir = request.ckpt_dir or save_random_checkpoint(tmp, get_preset(request.model))
+            ckpt_dir = (save_random_checkpoint(tmp, get_preset(request.model)) if request.random_weights
+                        else request.ckpt_dir)  # None when ckpt_paths names every component
             parallel = None
             if world > 1:
                 parallel = _init_parallel(layout, rank, device)

@@ -370,6 +370,10 @@ BENCH = ("bench", "infer", "--model", "tiny", "--executor", "local")
     (("--node", "worker-5", "--res", "144p", "--frames", "17", "--executor", "k8s"),
      "--executor 'k8s' is not valid; valid choices: auto, slurm, local"),
     (("--node", "worker-5", "--res", "144p", "--frames", "17", "--gpus", "2"), "2 replicas"),
+    (("--node", "worker-5", "--res", "144p", "--frames", "17", "--ckpt-path-t5", "/nonexistent/t5"),
+     "no folder for the dit, vae2d, vae3d components: give --ckpt-path-dit DIR"),
+    (("--node", "worker-5", "--res", "144p", "--frames", "17", "--ckpt-dir", str(ROOT), "--ckpt-path-t5",
+      "/nonexistent/t5"), "--ckpt-path-t5 '/nonexistent/t5' does not exist (DeepFloyd/t5-v1_1-xxl)"),
 ])
 def test_bad_input_is_refused_before_launching(tmp_path, args, words):
     runs = tmp_path / "runs"
@@ -498,3 +502,40 @@ def test_a_sweep_ranks_with_the_calibrations_of_where_its_jobs_run(tmp_path):
     slurm, local = seconds("slurm"), seconds("local")
     assert "worker-5" in slurm and slurm["worker-5"] is not None  # model figures: worker-5 gets videos
     assert local.get("worker-5") is None  # 50x slower where the local jobs really run: left unused
+
+
+def test_bench_takes_component_folders_and_refuses_a_missing_one(tmp_path, monkeypatch):
+    from clusterkit.bench import bench_infer
+    from clusterkit.launch import runs
+    from clusterkit.project import Project
+
+    folders = {}
+    for name, files in {"dit": ("config.json", "model.safetensors"), "vae2d": ("vae/config.json",),
+                        "t5": ("config.json", "model.safetensors", "spiece.model"),
+                        "vae3d": ("config.json", "model.safetensors")}.items():
+        for file in files:
+            (tmp_path / "hf" / name / file).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / "hf" / name / file).write_text("{}")
+        folders[name] = str(tmp_path / "hf" / name)
+
+    class Done:  # the job "ran": its raw result is in place when submitted
+        def submit(self, spec, paths):
+            self.request = json.loads((paths.root / "request.json").read_text())
+            paths.result.write_text(json.dumps(raw_result()))
+            return ["fake-1"]
+
+        def states(self, runs_):
+            return {record.run_id: "COMPLETED" for record, _ in runs_}
+
+    done = Done()
+    monkeypatch.setattr(runs, "get_executor", lambda name: done)
+    project = Project.from_options(str(ROOT / "nodes.yaml"), {"CLUSTERKIT_RUNS_DIR": str(tmp_path / "runs")})
+    args = dict(node="worker-5", frames="17", resolution="144p", model="tiny", executor="local", steps=2, warmup=1,
+                evals=2)
+    result = bench_infer(project, **args, ckpt_paths=folders)
+    assert done.request["ckpt_paths"] == folders and not result["random_weights"]
+    assert json.loads(Path(result["report"]).read_text())["request"]["ckpt_paths"] == folders
+    runs_before = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    with pytest.raises(UserError, match="no folder for the vae3d component: give --ckpt-path-vae3d DIR"):
+        bench_infer(project, **args, ckpt_paths={k: v for k, v in folders.items() if k != "vae3d"})
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == runs_before

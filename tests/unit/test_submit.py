@@ -236,3 +236,65 @@ def test_cli_dry_run_says_random_weights_loudly_and_imports_no_torch(tmp_path):
     )
     env = {**os.environ, "CLUSTERKIT_RUNS_DIR": str(tmp_path / "runs"), "CLUSTERKIT_INVENTORY": str(ROOT / "nodes.yaml")}
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, env=env, capture_output=True)
+
+
+# --- one folder per component (--ckpt-path-dit/-t5/-vae2d/-vae3d) ---
+
+V12_ARGS = dict(model="opensora-v1.2", frames="2s", resolution="240p", prompts=("a cat",), node="worker-1",
+                executor="local", dry_run=True)
+
+
+@pytest.fixture()
+def downloads(ckpt_dir, tmp_path):
+    """The components of ``ckpt_dir`` moved to folders named as their HuggingFace downloads."""
+    import shutil
+
+    names = {"dit": "OpenSora-STDiT-v3", "t5": "t5-v1_1-xxl", "vae2d": "pixart_sigma_sdxlvae_T5_diffusers",
+             "vae3d": "OpenSora-VAE-v1.2"}
+    (tmp_path / "hf").mkdir()
+    return {name: shutil.move(ckpt_dir / name, tmp_path / "hf" / repo) for name, repo in names.items()}
+
+
+def test_component_folders_reach_the_request_absolute(project, downloads, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path / "hf")
+    relative = {name: Path(path).name for name, path in downloads.items()}
+    result = submit_infer(project, **V12_ARGS, ckpt_paths=relative)
+    assert result["request"]["ckpt_paths"] == {name: str(path) for name, path in downloads.items()}
+    assert result["request"]["ckpt_dir"] is None and not result["random_weights"]
+
+
+def test_a_component_folder_beside_ckpt_dir_is_sent_with_it(project, ckpt_dir, tmp_path):
+    import shutil
+
+    t5 = shutil.copytree(ckpt_dir / "t5", tmp_path / "t5-v1_1-xxl")
+    result = submit_infer(project, **V12_ARGS, ckpt_dir=str(ckpt_dir), ckpt_paths={"t5": str(t5)})
+    assert result["request"]["ckpt_dir"] == str(ckpt_dir) and result["request"]["ckpt_paths"] == {"t5": str(t5)}
+    (t5 / "spiece.model").unlink()
+    with pytest.raises(CheckpointNotFound, match=r"^--ckpt-path-t5 '.*t5-v1_1-xxl' has no tokenizer"):
+        submit_infer(project, **V12_ARGS, ckpt_dir=str(ckpt_dir), ckpt_paths={"t5": str(t5)})
+    assert not project.runs_dir.exists()
+
+
+@pytest.mark.parametrize("model", ["opensora-v1.2", "tiny"])
+def test_a_component_without_folder_is_refused_naming_its_option(project, downloads, model):
+    partial = {name: str(downloads[name]) for name in ("dit", "t5", "vae3d")}
+    with pytest.raises(CheckpointNotFound, match="no folder for the vae2d component: give --ckpt-path-vae2d DIR, "
+                                                 "or --ckpt-dir DIR"):
+        submit_infer(project, **{**V12_ARGS, "model": model}, ckpt_paths=partial)
+    assert not project.runs_dir.exists()
+
+
+def test_cli_dry_run_shows_the_component_folders(tmp_path, downloads):
+    flags = [arg for name, path in downloads.items() for arg in (f"--ckpt-path-{name}", str(path))]
+    args = ["submit", "infer", "--model", "opensora-v1.2", "--frames", "2s", "--res", "240p", "--prompt", "a cat",
+            "--node", "worker-1", "--executor", "local", "--dry-run", *flags]
+    proc = cli(*args, "--json", runs_dir=tmp_path / "runs")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    request = json.loads(proc.stdout)["result"]["request"]
+    assert request["ckpt_paths"] == {name: str(path) for name, path in downloads.items()}
+    proc = cli(*args, runs_dir=tmp_path / "runs")
+    assert proc.returncode == 0, proc.stderr
+    shown = "".join(proc.stdout.split())  # rich wraps long paths anywhere
+    assert "weights:" + ",".join(f"{name}{path}" for name, path in downloads.items()) in shown
+    proc = cli(*args[:-2], "--json", runs_dir=tmp_path / "runs")  # no --ckpt-path-vae3d
+    assert proc.returncode == 2 and "--ckpt-path-vae3d" in json.loads(proc.stdout)["error"]["message"]

@@ -3,6 +3,7 @@ records (partial files never count), and resume/refusal logic with a fake execut
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -176,3 +177,33 @@ def test_every_node_of_the_sweep_is_accounted_for(project):
     seconds = {run["node"]: run["seconds_per_video"] for run in result["runs"]}
     fastest, slowest = min(seconds, key=seconds.get), max(seconds, key=seconds.get)
     assert shares[fastest] >= shares[slowest] and sum(shares.values()) == 12
+
+
+def _component_folders(root: Path) -> dict[str, str]:
+    """Four component folders (empty files: the sweep checks names only)."""
+    files = {"dit": ("config.json", "model.safetensors"), "t5": ("config.json", "model.safetensors", "spiece.model"),
+             "vae2d": ("vae/config.json",), "vae3d": ("config.json", "model.safetensors")}
+    for name, names in files.items():
+        for file in names:
+            (root / name / file).parent.mkdir(parents=True, exist_ok=True)
+            (root / name / file).write_text("{}")
+    return {name: str(root / name) for name in files}
+
+
+def test_the_sweep_identity_includes_the_component_folders(project, fake, tmp_path):
+    base = InferRequest(prompts=PROMPTS, frames="2s", resolution="144p", model="tiny")
+    # a sweep without them keeps the id it had before the options existed
+    old_identity = {k: getattr(base, k) for k in ("model", "ckpt_dir", "frames", "resolution", "aspect_ratio", "seed",
+                                                  "steps", "cfg_scale", "fps", "num_samples", "aes")}
+    digest = hashlib.sha256(json.dumps({**old_identity, "prompts": list(PROMPTS)}, sort_keys=True).encode())
+    assert sweep_id(base) == f"sweep-{digest.hexdigest()[:12]}"
+    folders = _component_folders(tmp_path / "a")
+    other_dit = _component_folders(tmp_path / "b")["dit"]
+    first = submit_sweep(project, nodes="worker-5", **ARGS, ckpt_paths=folders, output=str(tmp_path / "out"))
+    assert fake.submitted[0][1]["ckpt_paths"] == folders and not first["random_weights"]
+    again = submit_sweep(project, nodes="worker-5", **ARGS, ckpt_paths=folders, dry_run=True)
+    moved = submit_sweep(project, nodes="worker-5", **ARGS, ckpt_paths={**folders, "dit": other_dit}, dry_run=True)
+    assert again["sweep"] == first["sweep"] != moved["sweep"] != sweep_id(base)
+    with pytest.raises(UserError, match=r"made with other settings \(ckpt_paths differ\)"):
+        submit_sweep(project, nodes="worker-5", **ARGS, ckpt_paths={**folders, "dit": other_dit},
+                     output=str(tmp_path / "out"))

@@ -141,3 +141,86 @@ def test_spatial_vae_architecture_comes_from_vae2d(ckpt):
     (ckpt / "vae2d" / "config.json").write_text("{not json")
     with pytest.raises(CheckpointFormatError, match="cannot parse"):
         load_models(TINY, ckpt)
+
+
+# --- one folder per component (--ckpt-path-dit/-t5/-vae2d/-vae3d), as upstream's demo takes them ---
+
+HF_NAMES = {"dit": "OpenSora-STDiT-v3", "t5": "t5-v1_1-xxl", "vae2d": "pixart_sigma_sdxlvae_T5_diffusers",
+            "vae3d": "OpenSora-VAE-v1.2"}
+
+
+@pytest.fixture()
+def component_dirs(tiny_ckpt, tmp_path):
+    """The tiny checkpoint's components copied to unrelated folders, named as their downloads."""
+    return {name: str(shutil.copytree(tiny_ckpt / name, tmp_path / "downloads" / name[-1] / HF_NAMES[name]))
+            for name in HF_NAMES}
+
+
+def _states(models):
+    return {"stdit3": models.stdit3.state_dict(), "vae": models.vae.state_dict(),
+            "text_encoder": models.text_encoder.model.state_dict()}
+
+
+def _same_states(a, b):
+    return all(a[part].keys() == b[part].keys() and all(torch.equal(a[part][k], b[part][k]) for k in a[part])
+               for part in a)
+
+
+def test_four_component_folders_load_as_the_checkpoint_folder(tiny_ckpt, component_dirs):
+    paths = checkpoint_paths(**component_dirs)
+    assert {name: str(getattr(paths, name)) for name in HF_NAMES} == component_dirs
+    assert _same_states(_states(load_models(TINY, None, ckpt_paths=component_dirs)), _states(load_models(TINY, tiny_ckpt)))
+
+
+def test_a_component_folder_beside_ckpt_dir_replaces_that_component(tiny_ckpt, component_dirs):
+    other_dit = component_dirs["dit"]
+    state = load_file(f"{other_dit}/model.safetensors")
+    save_file({k: v + 1 for k, v in state.items()}, f"{other_dit}/model.safetensors")
+    paths = checkpoint_paths(tiny_ckpt, dit=other_dit)
+    assert str(paths.dit) == other_dit and paths.t5 == tiny_ckpt / "t5" and paths.vae3d == tiny_ckpt / "vae3d"
+    mixed, plain = _states(load_models(TINY, tiny_ckpt, ckpt_paths={"dit": other_dit})), _states(load_models(TINY, tiny_ckpt))
+    assert all(torch.equal(mixed["stdit3"][k], state[k] + 1) for k in state)
+    assert not _same_states({"stdit3": mixed["stdit3"]}, {"stdit3": plain["stdit3"]})
+    assert _same_states({p: mixed[p] for p in ("vae", "text_encoder")}, {p: plain[p] for p in ("vae", "text_encoder")})
+
+
+def test_a_component_without_a_folder_names_its_option(component_dirs):
+    given = {name: component_dirs[name] for name in ("dit", "t5")}
+    with pytest.raises(CheckpointNotFound, match=r"no folder for the vae2d, vae3d components: give --ckpt-path-vae2d "
+                                                 r"DIR, --ckpt-path-vae3d DIR, or --ckpt-dir DIR") as info:
+        load_models(TINY, None, ckpt_paths=given)
+    assert "--ckpt-path-dit" in info.value.hint and "dit/" in info.value.hint  # both forms shown
+    with pytest.raises(CheckpointNotFound, match="no folder for the dit, t5, vae2d, vae3d components"):
+        checkpoint_paths()
+
+
+@pytest.mark.parametrize(
+    ("component", "folder", "message"),
+    [
+        ("dit", "t5", r"--ckpt-path-dit '.*t5-v1_1-xxl' holds the t5 component \(DeepFloyd/t5-v1_1-xxl\), not dit"),
+        ("vae3d", "dit", r"--ckpt-path-vae3d '.*OpenSora-STDiT-v3' holds the dit component"),
+        ("vae2d", "vae3d", r"--ckpt-path-vae2d '.*OpenSora-VAE-v1.2' holds the vae3d component"),
+        ("t5", "vae2d", r"--ckpt-path-t5 '.*pixart_sigma_sdxlvae_T5_diffusers' has no weights .*has no config.json"
+                        r".*has no tokenizer .*a download of DeepFloyd/t5-v1_1-xxl"),
+        ("vae3d", None, r"--ckpt-path-vae3d '.*nowhere' does not exist \(hpcai-tech/OpenSora-VAE-v1.2\)"),
+    ],
+)
+def test_a_wrong_component_folder_is_named_by_its_option(tiny_ckpt, component_dirs, tmp_path, component, folder,
+                                                         message):
+    wrong = component_dirs[folder] if folder else str(tmp_path / "nowhere")
+    for ckpt_dir in (None, tiny_ckpt):  # alone or beside --ckpt-dir: the option is named, not the folder
+        with pytest.raises(CheckpointNotFound, match=message) as info:
+            checkpoint_paths(ckpt_dir, **{**component_dirs, component: wrong})
+        assert "checkpoint folder" not in info.value.message
+        assert all(f"--ckpt-path-{other}" not in info.value.message for other in HF_NAMES if other != component)
+
+
+def test_a_swapped_sub_folder_is_named(ckpt):
+    shutil.rmtree(ckpt / "dit")
+    shutil.copytree(ckpt / "vae3d", ckpt / "dit")
+    with pytest.raises(CheckpointNotFound, match=r"checkpoint folder '.*': dit/ holds the vae3d component"):
+        checkpoint_paths(ckpt)
+
+
+def test_tiny_with_component_folders_uses_them_not_random_weights(component_dirs):
+    assert not TINY.random_weights(None, component_dirs) and TINY.random_weights(None, {})

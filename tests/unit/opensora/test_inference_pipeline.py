@@ -195,3 +195,28 @@ def test_job_entry_reports_a_bad_checkpoint_before_any_compute(tmp_path, tiny_ck
     error = json.loads((tmp_path / "result.json").read_text())["error"]
     assert error["type"] == "CheckpointMismatch" and "first mismatching key 'rope.freqs'" in error["message"]
     assert "step" not in capsys.readouterr().out and not (tmp_path / "out").exists()
+
+
+def test_job_entry_loads_component_folders_like_the_checkpoint_folder(tmp_path, tiny_ckpt, monkeypatch):
+    """--ckpt-path-* on the node: the four components in unrelated folders make the same image as
+    the --ckpt-dir layout, and the index says where each came from (not random weights)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    ckpt = shutil.copytree(tiny_ckpt, tmp_path / "ckpt")  # other weights than the random ones a fallback would use
+    dit = ckpt / "dit" / "model.safetensors"
+    save_file({k: v * 1.5 for k, v in load_file(str(dit)).items()}, str(dit))
+    folders = {name: str(shutil.copytree(ckpt / name, tmp_path / "hf" / f"{name}-download"))
+               for name in ("dit", "t5", "vae2d", "vae3d")}
+    images = []
+    for label, weights in (("random", {}), ("dir", dict(ckpt_dir=str(ckpt))), ("parts", dict(ckpt_paths=folders))):
+        request = make(["a beautiful waterfall"], frames="1", output_dir=str(tmp_path / label), name=label, **weights)
+        (tmp_path / label).mkdir()
+        assert entry.main(write_job_files(tmp_path / label, request)) == 0
+        index = json.loads((tmp_path / label / f"{label}_index.json").read_text())
+        assert index["random_weights"] is (label == "random")
+        images.append((tmp_path / label / f"{label}_0000.png").read_bytes())
+    assert index["weights"] == ", ".join(f"{name} {path}" for name, path in folders.items())
+    assert images[1] == images[2] != images[0]

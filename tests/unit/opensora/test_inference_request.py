@@ -118,3 +118,38 @@ def test_importing_the_request_does_not_import_torch():
     code = ("import sys; import opensora_core.inference.request, opensora_core.presets; "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+FOUR = {"dit": "/m/OpenSora-STDiT-v3", "t5": "/m/t5-v1_1-xxl", "vae2d": "/m/pixart_sigma_sdxlvae_T5_diffusers",
+        "vae3d": "/m/OpenSora-VAE-v1.2"}
+
+
+def test_component_folders_travel_in_the_request():
+    for model in ("opensora-v1.2", "tiny"):  # all four need no --ckpt-dir; tiny then loads them, not random weights
+        r = request(model=model, ckpt_paths=dict(reversed(FOUR.items())))
+        assert r.ckpt_paths == FOUR and list(r.ckpt_paths) == list(FOUR) and not r.random_weights
+        settings = json.loads(json.dumps(r.settings()))
+        assert settings["ckpt_paths"] == FOUR and settings["ckpt_dir"] is None
+        assert InferRequest.from_dict({**settings, "prompts": list(r.prompts)}) == r
+    mixed = request(model="opensora-v1.2", ckpt_dir="/ckpt", ckpt_paths={"t5": "/m/t5"})
+    assert mixed.ckpt_paths == {"t5": "/m/t5"} and not mixed.random_weights
+    old = {k: v for k, v in request().settings().items() if k != "ckpt_paths"}  # a request.json from before
+    assert InferRequest.from_dict({**old, "prompts": ["a"]}).ckpt_paths == {}
+
+
+@pytest.mark.parametrize(
+    ("changes", "error", "message"),
+    [
+        (dict(ckpt_paths={"dit": "/d", "t5": "/t"}), UserError,
+         "no folder for --ckpt-path-vae2d, --ckpt-path-vae3d; give them, or --ckpt-dir DIR"),
+        (dict(model="opensora-v1.2"), UserError,
+         "needs --ckpt-dir DIR or --ckpt-path-dit, --ckpt-path-t5, --ckpt-path-vae2d, --ckpt-path-vae3d"),
+        (dict(ckpt_paths={**FOUR, "vae": "/v"}), InvalidChoice,
+         "ckpt_paths component 'vae' is not valid; valid choices: dit, t5, vae2d, vae3d"),
+        (dict(ckpt_paths={**FOUR, "t5": ""}), UserError, "--ckpt-path-t5 '' must be a folder path"),
+        (dict(ckpt_paths=["/d"]), UserError, "must map components"),
+    ],
+)
+def test_bad_component_folders_are_named(changes, error, message):
+    with pytest.raises(error, match=message):
+        request(**changes)
