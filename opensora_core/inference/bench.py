@@ -17,9 +17,7 @@ A bench makes one video, so its layout is one replica group (``--gpus`` = the gr
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -29,10 +27,10 @@ from clusterkit.errors import UserError
 from clusterkit.launch.records import atomic_write_json, record_job_failure
 from opensora_core.dtypes import torch_dtype
 from opensora_core.inference.environment import device_facts, host_name, software_versions
-from opensora_core.inference.models import load_models, save_random_checkpoint
+from opensora_core.inference.models import load_models
 from opensora_core.inference.pipeline import StageClock, generate
 from opensora_core.inference.request import InferRequest
-from opensora_core.inference.run import _init_parallel
+from opensora_core.inference.run import job_context, rank_device, rank_environment
 from opensora_core.parallel.groups import ParallelContext
 from opensora_core.presets import get_preset
 
@@ -142,9 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval", type=int, required=True, help="timed iterations")
     ns = parser.parse_args(argv)
     started_at = time.time()
-    rank = int(os.environ.get("RANK", "0"))
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    rank, world, local_rank = rank_environment()
     try:
         if ns.warmup < 0 or ns.eval < 1:
             raise UserError(f"--warmup {ns.warmup} must be >= 0 and --eval {ns.eval} >= 1")
@@ -153,22 +149,12 @@ def main(argv: list[str] | None = None) -> int:
         if layout.replicas != 1 or len(request.videos()) != 1:
             raise UserError(f"a bench makes one video on one replica group; got {len(request.videos())} video(s) "
                             f"on {layout.describe()}")
-        device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
+        device = rank_device(local_rank)
         load_clock = StageClock(device)
         load_clock.begin("load")
-        with tempfile.TemporaryDirectory(prefix="clusterkit-bench-") as tmp:
-            ckpt_dir = (save_random_checkpoint(tmp, get_preset(request.model)) if request.random_weights
-                        else request.ckpt_dir)  # None when ckpt_paths names every component
-            parallel = _init_parallel(layout, rank, device) if world > 1 else None
-            with torch.inference_mode():
-                result = bench(request, ns.result, device, parallel, ckpt_dir=ckpt_dir, load_clock=load_clock,
-                               warmup=ns.warmup, evals=ns.eval)
-        if parallel is not None:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+        with job_context(request, layout, rank, device, tag="bench") as (ckpt_dir, parallel):
+            result = bench(request, ns.result, device, parallel, ckpt_dir=ckpt_dir, load_clock=load_clock,
+                           warmup=ns.warmup, evals=ns.eval)
     except Exception as exc:  # noqa: BLE001 - every failure becomes the run's result
         return record_job_failure(exc, tag="bench", rank=rank, result_path=ns.result,
                                   log_hint="see the rank log (clusterkit logs RUN)")

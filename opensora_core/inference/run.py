@@ -20,6 +20,7 @@ import os
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -171,33 +172,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--result", type=Path, required=True, help="where rank 0 writes the result JSON")
     ns = parser.parse_args(argv)
     started = time.perf_counter()
-    rank = int(os.environ.get("RANK", "0"))
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    rank, world, local_rank = rank_environment()
     try:
         request = InferRequest.load(ns.request, ns.prompts)
         layout = request.layout(world)  # LayoutError naming the rule, on every rank, before anything loads
-        device = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
+        device = rank_device(local_rank)
         clock = StageClock(device)
         clock.begin("load")
-        with tempfile.TemporaryDirectory(prefix="clusterkit-tiny-") as tmp:
-            # Random weights are written before joining the process group: transformers writes a
-            # model's files only on rank 0 of an initialised group, and every rank reads its own copy.
-            ckpt_dir = (save_random_checkpoint(tmp, get_preset(request.model)) if request.random_weights
-                        else request.ckpt_dir)  # None when ckpt_paths names every component
-            parallel = None
-            if world > 1:
-                parallel = _init_parallel(layout, rank, device)
-                print(f"[infer] rank {rank}: {layout.describe()}; replica {parallel.replica}"
-                      f"{' (writes its videos)' if parallel.leader else ''}", flush=True)
-            with torch.inference_mode():
-                result = run(request, ns.result, device, parallel, ckpt_dir=ckpt_dir, clock=clock, started=started)
-        if parallel is not None:
-            import torch.distributed as dist
-
-            dist.destroy_process_group()
+        with job_context(request, layout, rank, device, tag="infer") as (ckpt_dir, parallel):
+            result = run(request, ns.result, device, parallel, ckpt_dir=ckpt_dir, clock=clock, started=started)
     except Exception as exc:  # noqa: BLE001 - every failure becomes the run's result
         return record_job_failure(exc, tag="infer", rank=rank, result_path=ns.result,
                                   log_hint="see the rank log (clusterkit logs RUN)")
@@ -205,6 +188,46 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_json(ns.result, result)
         print(f"[infer] done: {len(result['outputs'])} file(s) in {result['output_dir']}", flush=True)
     return 0
+
+
+def rank_environment() -> tuple[int, int, int]:
+    """(rank, world size, local rank) that torchrun gives this process (0, 1, 0 when started by hand)."""
+    return (int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")),
+            int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def rank_device(local_rank: int) -> torch.device:
+    """This rank's GPU (made current), or the CPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    device = torch.device("cuda", local_rank)
+    torch.cuda.set_device(device)
+    return device
+
+
+@contextmanager
+def job_context(request: InferRequest, layout, rank: int, device: torch.device, *, tag: str):
+    """The weights folder (random ones written to a temporary folder for a random-weights preset;
+    None when ``ckpt_paths`` names every component) and the ParallelContext (None for one process),
+    under inference mode; the process group is left at the end.
+
+    Random weights are written before joining the process group: transformers writes a model's
+    files only on rank 0 of an initialised group, and every rank reads its own copy."""
+    world = layout.world_size
+    with tempfile.TemporaryDirectory(prefix=f"clusterkit-{tag}-") as tmp:
+        ckpt_dir = (save_random_checkpoint(tmp, get_preset(request.model)) if request.random_weights
+                    else request.ckpt_dir)
+        parallel = None
+        if world > 1:
+            parallel = _init_parallel(layout, rank, device)
+            print(f"[{tag}] rank {rank}: {layout.describe()}; replica {parallel.replica}"
+                  f"{' (writes its videos)' if parallel.leader else ''}", flush=True)
+        with torch.inference_mode():
+            yield ckpt_dir, parallel
+    if parallel is not None:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
 
 
 def _init_parallel(layout, rank: int, device: torch.device) -> ParallelContext:
