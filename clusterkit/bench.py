@@ -185,12 +185,8 @@ def bench_infer(
 
 
 def write_report(path: Path, report: dict) -> None:
-    """Write ``report`` atomically, readable by others as any output (0644 under umask 022): the
-    temporary file it is renamed from is private."""
+    """Write ``report`` atomically, readable by others as any output (0644 under umask 022)."""
     atomic_write_json(path, report)
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
 
 
 def summarise(report: dict) -> dict:

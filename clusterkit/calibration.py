@@ -12,8 +12,9 @@ alone.
 
 ``executor``: a bench run through the local executor ran on this host, whatever node it was asked
 for, so it describes this host: it applies only to plans whose ranks run here too (``clusterkit
-plan --executor local``, ``submit``/``bench`` with the local executor); a Slurm plan shows it as a
-note instead. A bench run through Slurm ran on the node and applies to Slurm and local plans alike.
+plan --executor local``, ``submit``/``bench``/sweeps with the local executor), and there to every
+node alike, since every local job runs here; a Slurm plan shows it as a note instead. A bench run
+through Slurm ran on the node and applies to Slurm plans only (a local plan's ranks run here).
 
 ``scope``, within that:
 
@@ -26,7 +27,8 @@ note instead. A bench run through Slurm ran on the node and applies to Slurm and
   it measured.
 
 For a node, its own benches win over those of its GPU model; among them the one measured nearest
-the planned configuration (fewest of resolution, frames and layout differing), then the newest.
+the planned configuration (fewest of resolution, frames and layout differing; the layout includes
+the SP scheme when there is SP), then the newest.
 Records live in the run registry (``<runs dir>/registry.sqlite``, table ``calibrations``, one row
 per bench run, one transaction each); a row that cannot be read is skipped with a note. Torch-free;
 reading costs one SQLite query (``clusterkit plan`` reads it on every call).
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import json
 import math
+import socket
 import sqlite3
 import time
 from collections.abc import Iterable
@@ -45,6 +48,7 @@ from pathlib import Path
 
 from clusterkit.errors import InvalidChoice, UserError
 from opensora_core import geometry
+from opensora_core.parallel.layout import DEFAULT_SP_SCHEME
 
 SCOPES = ("gpu-model", "node")
 EXECUTORS = ("slurm", "local")
@@ -123,11 +127,17 @@ class Calibration:
     def ratios(self) -> dict:
         return {stage: self.ratio(stage) for stage in STAGES}
 
-    def applies_to(self, node: str, gpu_model: str, executor: str = "slurm") -> bool:
+    def applies_to(self, node: str, gpu_model: str, executor: str = "slurm", host: str | None = None) -> bool:
         """Whether this calibration speaks for ``node`` (whose nodes.yaml GPU is ``gpu_model``) in a
-        plan whose ranks run through ``executor``: a local bench only for local plans."""
-        if self.executor == "local" and executor != "local":
+        plan whose ranks run through ``executor`` from ``host`` (default: this machine).
+
+        A local bench describes the machine it ran on, where every local job runs whatever node it
+        names: it speaks for every node of a local plan made on that host, and for no Slurm plan. A
+        Slurm bench describes a real node: it speaks for Slurm plans only (its node, or its GPU model)."""
+        if (self.executor == "local") != (executor == "local"):
             return False
+        if self.executor == "local":
+            return not self.host or self.host == (host if host is not None else socket.gethostname())
         if self.scope == "node":
             return node == self.node
         return gpu_model == self.gpu_model
@@ -143,7 +153,7 @@ class Calibration:
             out.append("resolution")
         if mine.num_frames != target.num_frames:
             out.append("frames")
-        if (mine.sp, mine.cfg_parallel) != (target.sp, target.cfg_parallel):
+        if mine.layout != target.layout:
             out.append("layout")
         return tuple(out)
 
@@ -158,7 +168,7 @@ class Calibration:
             else:
                 size = geometry.get_image_size(bench["resolution"], bench["aspect_ratio"])
             return Configuration(size[0], size[1], int(bench["num_frames"]), int(layout["sp"]),
-                                 int(layout["cfg"]) == 2)
+                                 int(layout["cfg"]) == 2, layout.get("sp_scheme") or DEFAULT_SP_SCHEME)
         except (KeyError, TypeError, ValueError, UserError):
             return None
 
@@ -207,6 +217,13 @@ class Configuration:
     sp: int | None
     """Sequence-parallel degree; None when the plan has no layout (no candidate)."""
     cfg_parallel: bool | None
+    sp_scheme: str | None = None
+    """dsp | ulysses: which all-to-alls SP sends (irrelevant without SP)."""
+
+    @property
+    def layout(self) -> tuple:
+        """What decides the communication: the degrees, and the scheme when there is SP."""
+        return (self.sp, self.cfg_parallel, self.sp_scheme if (self.sp or 1) > 1 else None)
 
     def describe_layout(self) -> str:
         """E.g. "1 GPU", "sp2 (2 GPUs)", "cfg+sp4 (8 GPUs)"."""

@@ -35,8 +35,9 @@ def plan_command(
     sp: Optional[int] = typer.Option(None, "--sp", help="Pin the sequence-parallel degree (1 2 4 8 16)."),
     cfg_parallel: Optional[bool] = typer.Option(
         None, "--cfg-parallel/--no-cfg-parallel", help="Pin splitting the CFG pair over 2 GPUs."),
-    sp_scheme: str = typer.Option("dsp", "--sp-scheme", help="SP scheme whose traffic is charged: dsp (default) | "
-                                  "ulysses (as submit infer --sp-scheme)."),
+    sp_scheme: Optional[str] = typer.Option(
+        None, "--sp-scheme", help="SP scheme whose traffic is charged: dsp (default) | ulysses (as submit infer "
+        "--sp-scheme). Inference only."),
     dtype: Optional[str] = typer.Option(None, "--dtype", help="Pin bf16 | fp16."),
     attention: Optional[str] = typer.Option(None, "--attention", help="Pin fused (FlashAttention-2) | unfused."),
     t5: Optional[str] = typer.Option(None, "--t5", help="Pin gpu-fp32 (upstream default) | gpu-bf16 | offload."),
@@ -62,6 +63,9 @@ def plan_command(
         nodes=node or nodes or "all", objective=objective, gpus=gpus, sp=sp, cfg_parallel=cfg_parallel,
         dtype=dtype, attention=attention, t5=t5, vae_micro_batch=vae_micro_batch, sp_scheme=sp_scheme,
     )
+    if task == "train" and executor != "auto":
+        raise UserError(f"--executor {executor} picks which `bench infer` calibrations apply; training plans use none",
+                        hint="drop --executor for plan train")
     preset = get_preset(model).name  # InvalidChoice naming the presets
     executor_name = pick_executor(executor)  # InvalidChoice naming auto, slurm, local
     project = state.project()
@@ -121,9 +125,10 @@ def _print_calibrations(out, nodes, unit: str, escape) -> None:
             figure = f"{node.seconds:.1f} {unit} (model {model:.1f}, x{node.seconds / model:.3g})"
         else:
             figure = "cannot run"
-        scope = "this node only" if c.scope == "node" else f"every {c.gpu_model} node"
         if c.executor == "local":
-            scope += ", local plans"
+            scope = f"every node of a local plan on host {c.host or '?'}"
+        else:
+            scope = ("this node only" if c.scope == "node" else f"every {c.gpu_model} node") + ", Slurm plans"
         elsewhere = ""
         if node.calibration_differs:
             comm = "; communication from the model" if "layout" in node.calibration_differs else ""

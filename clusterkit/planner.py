@@ -67,8 +67,9 @@ class PlanRequest:
     attention: str | None = None
     t5: str | None = None
     vae_micro_batch: int | None = None
-    sp_scheme: str = cm.SP_SCHEME
-    """Which SP scheme the job will run (its all-to-alls are what the communication term charges)."""
+    sp_scheme: str | None = None
+    """Which SP scheme the job will run (its all-to-alls are what the communication term charges);
+    None: the default (``scheme``). Inference only."""
     steps: int = cm.SAMPLING_STEPS
     num_frames: int = field(init=False)
     height: int = field(init=False)
@@ -93,17 +94,24 @@ class PlanRequest:
                 f"{cm.NUM_HEADS}; {self.sp} ranks crash or hang in NCCL (the seed's 6-GPU timeout)"))
         if self.cfg_parallel not in (None, True, False):
             raise InvalidChoice("--cfg-parallel", self.cfg_parallel, ["true", "false"])
-        _one_of("--sp-scheme", self.sp_scheme, SP_SCHEMES)
+        if self.sp_scheme is not None:
+            _one_of("--sp-scheme", self.sp_scheme, SP_SCHEMES)
         for name, choices in (("dtype", cm.DTYPES), ("attention", cm.ATTENTION), ("t5", cm.T5_PLACEMENTS)):
             if getattr(self, name) is not None:
                 _one_of(f"--{name}", getattr(self, name), choices)
-        if self.task == "train" and ((self.sp or 1) > 1 or self.cfg_parallel):
+        if self.task == "train" and ((self.sp or 1) > 1 or self.cfg_parallel or self.sp_scheme is not None):
             raise UserError("Open-Sora 1.2 training has no sequence or CFG parallelism (report_03; issue #439); "
-                            "training plans use data parallelism", hint="drop --sp / --cfg-parallel for train")
+                            "training plans use data parallelism",
+                            hint="drop --sp / --cfg-parallel / --sp-scheme for train")
         object.__setattr__(self, "num_frames", num_frames)
         object.__setattr__(self, "height", height)
         object.__setattr__(self, "width", width)
         object.__setattr__(self, "warnings", _warnings(self))
+
+    @property
+    def scheme(self) -> str:
+        """The SP scheme planned: ``sp_scheme``, or the default (DSP)."""
+        return self.sp_scheme or cm.SP_SCHEME
 
     def describe(self) -> str:
         """E.g. "720p 9:16 4s (102 frames)"."""
@@ -401,7 +409,7 @@ def _target(request: PlanRequest, chosen: Candidate | None) -> Configuration:
     """The planned configuration a calibration is compared with: the video and the chosen group layout."""
     layout = chosen.layout if chosen is not None else None
     return Configuration(request.height, request.width, request.num_frames, layout.sp if layout else None,
-                         layout.cfg_parallel if layout else None)
+                         layout.cfg_parallel if layout else None, request.scheme)
 
 
 def _calibration(calibrations: tuple[Calibration, ...], node: str, gpu_model: str, executor: str,
@@ -413,7 +421,7 @@ def _calibration(calibrations: tuple[Calibration, ...], node: str, gpu_model: st
     found = pick(calibrations, node, gpu_model, executor, target)
     notes = ()
     local = pick(calibrations, node, gpu_model, "local", target) if executor != "local" else None
-    if local is not None and local.executor == "local" and local != found:
+    if local is not None and local.node == node and local != found:  # a note on the node it named only
         notes = (f"bench run {local.run_id} ({local.when}, {local.preset}, {local.device_name}) measured locally on "
                  f"host {local.host or '?'}; not used for {executor} plans (--executor local uses it)",)
     return {"calibration": found, "calibration_differs": found.differences(target) if found else (),
@@ -553,9 +561,9 @@ def _options(facts: NodeFacts, request: PlanRequest, work: cm.Workload,
     out = []
     for layout in layouts:
         data_parallel = layout.gpus if work.task == "train" else 1
-        group = (layout.sp, layout.cfg_parallel, data_parallel, request.sp_scheme, keys)
+        group = (layout.sp, layout.cfg_parallel, data_parallel, request.scheme, keys)
         if group not in table:  # the same group settings recur for every GPU count: estimate them once
-            table[group] = [_estimate(estimates, work, facts, (layout.sp, layout.cfg_parallel, *key, request.sp_scheme),
+            table[group] = [_estimate(estimates, work, facts, (layout.sp, layout.cfg_parallel, *key, request.scheme),
                                       data_parallel)
                             for key in keys]
         out.append((layout, _rate(request, layout), table[group]))

@@ -43,8 +43,6 @@ PRESET = "infer"
 REQUEST_FILE = "request.json"
 PROMPTS_FILE = "prompts.json"
 PROGRESS_FILE = runs.PROGRESS_FILE
-#: Planner T5 placements -> (device the encoder runs on, its precision). The pipeline always moves
-#: the encoder off the GPU after encoding, so no placement keeps it resident during denoising.
 # --t5 placement -> (t5_device, t5_dtype, t5_offload). "offload" encodes in the model's precision
 # (fp32 without bf16); every placement encodes on the GPU, and only "offload" then moves T5 off it.
 _T5_PLACEMENT = {"gpu-fp32": ("gpu", "fp32", False), "gpu-bf16": ("gpu", "bf16", False)}
@@ -192,7 +190,8 @@ def submit_infer(
         "random_weights": request.random_weights,
         "warnings": _warnings(request, preset),
         "notes": list(choice.notes),
-        "settings": {key: getattr(request, key) for key in ("dtype", "t5_device", "t5_dtype", "t5_offload", "vae_micro_batch",
+        "settings": {key: getattr(request, key) for key in ("dtype", "t5_device", "t5_dtype", "t5_offload",
+                                                            "vae_micro_batch",
                                                             "flash_attn", "seed", "steps", "cfg_scale", "fps")},
         "plan": choice.plan,
         "layout": layout.to_dict(),

@@ -40,7 +40,7 @@ from clusterkit.submit import (PRESET, PROMPTS_FILE, REQUEST_FILE, LayoutPins, _
 from opensora_core.inference import records
 from opensora_core.inference.request import InferRequest, VideoItem
 from opensora_core.parallel.layout import DEFAULT_SP_SCHEME
-from opensora_core.presets import get_preset
+from opensora_core.presets import COMPONENTS, get_preset
 
 #: Request fields that decide what the videos look like: the sweep's identity.
 IDENTITY = ("model", "ckpt_dir", "ckpt_paths", "frames", "resolution", "aspect_ratio", "seed", "steps", "cfg_scale",
@@ -158,7 +158,8 @@ def submit_sweep(
         from clusterkit.refine import build_refiner
 
         refiner = build_refiner(refine, loaded_refine, environ or {})
-    plans, result["skipped"] = _plan_nodes(project, draft, names, pins, force, len(todo), pick_executor(executor))
+    executor = pick_executor(executor)  # once: the plans and every job of the sweep use the same one
+    plans, result["skipped"] = _plan_nodes(project, draft, names, pins, force, len(todo), executor)
     if not plans:
         raise UserError(f"no node of {nodes} can run this sweep: "
                         + "; ".join(f"{n}: {why}" for n, why in result["skipped"].items()))
@@ -192,7 +193,7 @@ def submit_sweep(
             entry=job.entry,
             args=(*job.args, "--request", str(paths.root / REQUEST_FILE), "--prompts",
                   str(paths.root / PROMPTS_FILE), "--result", str(paths.result)),
-            executor=pick_executor(executor), base_profile=job.nccl_profile, nccl_profile=nccl_profile,
+            executor=executor, base_profile=job.nccl_profile, nccl_profile=nccl_profile,
             env=dict(env or {}), time_limit_min=job.time_limit_min, port_range=job.port_range,
             rdzv_timeout_s=job.rdzv_timeout_s, cpus_per_task=job.cpus_per_task,
         )
@@ -321,10 +322,25 @@ def _save_manifest(output_dir: Path, manifest: dict | None, draft: InferRequest,
 
 
 def _identity(request: InferRequest, refine: Mapping[str, str] | None = None) -> dict:
-    # ``refine`` only when refining, ``ckpt_paths`` only when given: sweeps without them keep the ids
-    # they had before those options existed
-    identity = {key: getattr(request, key) for key in IDENTITY if key != "ckpt_paths" or request.ckpt_paths}
+    # ``refine`` only when refining, ``ckpt_paths`` only when it differs from a plain ``ckpt_dir``:
+    # sweeps without them keep the ids they had before those options existed
+    identity = {key: getattr(request, key) for key in IDENTITY if key not in ("ckpt_dir", "ckpt_paths")}
+    identity.update(_weights_identity(request.ckpt_dir, request.ckpt_paths))
     return {**identity, "prompts": list(request.prompts), **(refine or {})}
+
+
+def _weights_identity(ckpt_dir: str | None, ckpt_paths: Mapping[str, str] | None) -> dict:
+    """The folders the weights come from, one way whatever options named them: ``--ckpt-dir D`` and
+    the four ``--ckpt-path-<name> D/<name>`` are the same sweep (``{"ckpt_dir": D}``, as before the
+    component options existed); any other mix is its four resolved component folders."""
+    if not ckpt_paths:
+        return {"ckpt_dir": ckpt_dir}
+    folders = {name: str(ckpt_paths[name]) if name in ckpt_paths else str(Path(ckpt_dir) / name)
+               for name in COMPONENTS}
+    parents = {str(Path(folder).parent) for folder in folders.values()}
+    if len(parents) == 1 and all(Path(folder).name == name for name, folder in folders.items()):
+        return {"ckpt_dir": parents.pop()}
+    return {"ckpt_dir": None, "ckpt_paths": folders}
 
 
 def _refine_settings(project: Project, method: str, config: str | None):

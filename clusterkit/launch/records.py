@@ -8,6 +8,7 @@ temporary name and renamed, so a reader never sees half a record.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import secrets
@@ -38,12 +39,27 @@ CREATE TABLE IF NOT EXISTS runs (
 """
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same directory + rename."""
+@functools.cache
+def process_umask() -> int:
+    """The process's umask (read once: reading it means setting it for a moment)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def new_file_mode(private: bool = False) -> int:
+    """The mode ``open()`` gives a new file (0644 under umask 022); 0600 when ``private``."""
+    return 0o600 if private else 0o666 & ~process_umask()
+
+
+def atomic_write_text(path: Path, text: str, *, private: bool = False) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same directory + rename. The file gets
+    the mode a plainly created file would (mkstemp's temporary is 0600), or 0600 when ``private``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, new_file_mode(private))
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
@@ -54,8 +70,8 @@ def atomic_write_text(path: Path, text: str) -> None:
         raise
 
 
-def atomic_write_json(path: Path, data: object) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+def atomic_write_json(path: Path, data: object, *, private: bool = False) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", private=private)
 
 
 def read_json(path: Path, default: object = None) -> object:

@@ -43,7 +43,9 @@ def launch(project: Project, spec: LaunchSpec, *, dry_run: bool = False, files: 
         raise LaunchError(f"run directory {paths.root} already exists")
     paths.root.mkdir(parents=True)
     spec.write(paths.spec)
-    atomic_write_json(paths.env, {n: r.to_dict() for n, r in render_env(spec, project.profiles, paths.root).items()})
+    # private: --env values may be tokens
+    atomic_write_json(paths.env, {n: r.to_dict() for n, r in render_env(spec, project.profiles, paths.root).items()},
+                      private=True)
     atomic_write_json(paths.rendered, rendered)
     if "slurm" in rendered:
         atomic_write_text(paths.submission, rendered["slurm"]["sbatch"])

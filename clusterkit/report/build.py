@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from clusterkit.errors import UserError
-from clusterkit.launch.records import atomic_write_json, atomic_write_text
+from clusterkit.launch.records import atomic_write_json, atomic_write_text, process_umask
 from clusterkit.report.gallery import OK, Tile, match_rows
 from clusterkit.report.media import place_column
 from clusterkit.report.page import render_page
@@ -56,7 +56,7 @@ def build_report(columns: Sequence[Column], output: Path, *, match: str = "promp
         raise UserError(f"cannot write the report in {str(output.parent)!r}: {exc.strerror or exc}",
                         hint="give a folder you can write with --out DIR") from None
     try:
-        os.chmod(building, 0o777 & ~_umask())  # mkdtemp makes it private
+        os.chmod(building, 0o777 & ~process_umask())  # mkdtemp makes it private
         tiles = [place_column(column, number, building) for number, column in enumerate(columns)]
         rows = match_rows(tiles, match)
         title = title or "clusterkit report: " + " vs ".join(c.label for c in columns)
@@ -64,8 +64,6 @@ def build_report(columns: Sequence[Column], output: Path, *, match: str = "promp
         summary = _summary(columns, tiles, rows, output, match, title, generated)
         atomic_write_text(building / "index.html", render_page(title, columns, rows, match=match, generated=generated))
         atomic_write_json(building / MARKER, summary)
-        for name in ("index.html", MARKER):  # written private (mkstemp); a report is for sharing
-            os.chmod(building / name, 0o666 & ~_umask())
         _swap_into_place(building, output)
     except BaseException:
         shutil.rmtree(building, ignore_errors=True)
@@ -130,8 +128,3 @@ def _swap_into_place(building: Path, output: Path) -> None:
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -96,7 +96,7 @@ def bench(request: InferRequest, result_path: Path, device: torch.device, parall
     for index in range(total):
         phase = "warmup" if index < warmup else "eval"
         if models.text_encoder is not None:
-            models.text_encoder.to(t5_device)  # generate() offloads it after encoding, as a real run does
+            models.text_encoder.to(t5_device)  # back where it encodes: generate() offloads it with t5_offload
         progress.start(index, total, phase)
         clock = StageClock(device)
         began = time.perf_counter()
@@ -115,7 +115,7 @@ def bench(request: InferRequest, result_path: Path, device: torch.device, parall
         "model": preset.name,
         "random_weights": request.random_weights,
         "dtype": request.model_dtype,
-        "t5": {"device": str(t5_device), "dtype": request.t5_dtype},
+        "t5": {"device": str(t5_device), "dtype": request.t5_dtype, "offload": request.t5_offload},
         "vae_micro_batch": request.vae_micro_batch,
         "flash_attn": request.flash_attn and device.type == "cuda",
         "layout": (parallel.layout if parallel is not None else request.layout(1)).to_dict(),

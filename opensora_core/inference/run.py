@@ -213,17 +213,18 @@ def job_context(request: InferRequest, layout, rank: int, device: torch.device, 
 
     Random weights are written before joining the process group: transformers writes a model's
     files only on rank 0 of an initialised group, and every rank reads its own copy."""
-    world = layout.world_size
+    parallel = None
     with tempfile.TemporaryDirectory(prefix=f"clusterkit-{tag}-") as tmp:
         ckpt_dir = (save_random_checkpoint(tmp, get_preset(request.model)) if request.random_weights
                     else request.ckpt_dir)
-        parallel = None
-        if world > 1:
+        if layout.world_size > 1:
             parallel = _init_parallel(layout, rank, device)
-            print(f"[{tag}] rank {rank}: {layout.describe()}; replica {parallel.replica}"
-                  f"{' (writes its videos)' if parallel.leader else ''}", flush=True)
+            leads = " (writes its videos)" if parallel.leader and tag == "infer" else ""
+            print(f"[{tag}] rank {rank}: {layout.describe()}; replica {parallel.replica}{leads}", flush=True)
         with torch.inference_mode():
             yield ckpt_dir, parallel
+    # Left only after success: after a failure other ranks may still wait in a collective, and
+    # tearing the group down under them can block; the failing process exits right after instead.
     if parallel is not None:
         import torch.distributed as dist
 

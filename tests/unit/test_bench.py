@@ -4,6 +4,7 @@ it applies, its SQLite store, the planner's use of it, and every bad input refus
 from __future__ import annotations
 
 import json
+import socket
 import os
 import subprocess
 import sys
@@ -116,11 +117,12 @@ def test_calibration_scope_follows_what_was_measured(device, gpu_model, scope):
     assert why_not is None and calibration.scope == scope and calibration.executor == "slurm"
     assert calibration.measured == {"text_s": 0.25, "step_s": pytest.approx(0.05), "decode_s": 0.5, "write_s": 0.75}
     assert calibration.predicted["write_s"] == cm.FIXED_SECONDS
-    for executor in ("slurm", "local"):  # measured on the node: speaks for it wherever the plan runs
-        assert calibration.applies_to("worker-5", "rtx-a6000", executor)
-        assert calibration.applies_to("worker-6", "rtx-a6000", executor) is (scope == "gpu-model")
-        assert not calibration.applies_to("worker-8", "rtx-4090", executor)
-    assert calibration.configuration == Configuration(144, 256, 17, 1, False)
+    # measured on the node: speaks for it in Slurm plans; a local plan's ranks run on this host instead
+    assert calibration.applies_to("worker-5", "rtx-a6000", "slurm")
+    assert calibration.applies_to("worker-6", "rtx-a6000", "slurm") is (scope == "gpu-model")
+    assert not calibration.applies_to("worker-8", "rtx-4090", "slurm")
+    assert not calibration.applies_to("worker-5", "rtx-a6000", "local")
+    assert calibration.configuration == Configuration(144, 256, 17, 1, False, "dsp")
     assert calibration.measured_at == "144p 9:16 17f, 1 GPU"
 
 
@@ -130,9 +132,11 @@ def test_a_local_bench_describes_this_host_not_the_node():
     report = report_of(raw_result(device="cuda:0", gpu_model="rtx-a6000"), executor="local")
     calibration, _ = calibrate(report, prediction())
     assert calibration.executor == "local" and calibration.host == "vm"
-    assert calibration.applies_to("worker-5", "rtx-a6000", "local")
-    assert calibration.applies_to("worker-6", "rtx-a6000", "local")  # this host has a real A6000
-    assert not calibration.applies_to("worker-5", "rtx-a6000", "slurm")
+    # every local job runs on host vm, whatever node it names: the figure is vm's, for every node
+    assert calibration.applies_to("worker-5", "rtx-a6000", "local", host="vm")
+    assert calibration.applies_to("worker-8", "rtx-4090", "local", host="vm")
+    assert not calibration.applies_to("worker-5", "rtx-a6000", "local", host="other-login-node")
+    assert not calibration.applies_to("worker-5", "rtx-a6000", "slurm", host="vm")
     assert "(local executor)" in calibration.source and "of host vm" in calibration.source
 
 
@@ -151,13 +155,16 @@ def bench_config(resolution: str = "144p", num_frames: int = 17, sp: int = 1, cf
             "layout": {"world_size": sp * cfg, "replicas": 1, "cfg": cfg, "sp": sp, "sp_scheme": "dsp"}}
 
 
+HOST = socket.gethostname()  # a local bench's figure is this machine's
+
+
 def calibration(run_id: str, *, node: str = "worker-5", scope: str = "node", created_at: float = 1000.0,
                 preset: str = "tiny", gpu_model: str = "rtx-a6000", factor: float = 2.0, executor: str = "slurm",
                 bench: dict | None = None) -> Calibration:
     predicted = {"text_s": 0.1, "step_s": 0.2, "decode_s": 0.3, "write_s": 1.0}
     return Calibration(preset=preset, node=node, gpu_model=gpu_model, scope=scope, device="cpu",
                        device_name="cpu (x86_64)", run_id=run_id, created_at=created_at,
-                       measured={k: v * factor for k, v in predicted.items()}, predicted=predicted, host="vm",
+                       measured={k: v * factor for k, v in predicted.items()}, predicted=predicted, host=HOST,
                        executor=executor, bench=bench_config() if bench is None else bench)
 
 
@@ -270,14 +277,16 @@ def test_a_local_bench_calibrates_only_local_plans_and_slurm_plans_say_so():
     estimate = five.to_dict()["estimate"]
     assert estimate["source"] == "model"
     [note] = estimate["notes"]
-    assert "bench run local-bench" in note and "measured locally on host vm; not used for slurm plans" in note
-    assert on_slurm["worker-6"].to_dict()["estimate"]["notes"] == []
+    assert "bench run local-bench" in note and f"measured locally on host {HOST}; not used for slurm plans" in note
+    assert on_slurm["worker-6"].to_dict()["estimate"]["notes"] == []  # the note goes on the node it named
     here = {n.name: n for n in plan(SEED, request, [local], executor="local").nodes}
-    assert here["worker-5"].calibration == local and here["worker-5"].calibration_notes == ()
-    assert here["worker-5"].seconds == pytest.approx(model["worker-5"] * 0.01)
+    for name in ("worker-5", "worker-6"):  # both nodes' local jobs run on this host: the figure is for both
+        assert here[name].calibration == local and here[name].calibration_notes == ()
+        assert here[name].seconds == pytest.approx(model[name] * 0.01)
     assert plan(SEED, request, [local], executor="local").to_dict()["executor"] == "local"
-    slurm_bench = calibration("slurm-bench", node="worker-5", factor=3.0)  # measured on the node
-    assert plan(SEED, request, [slurm_bench], executor="local").nodes[0].calibration == slurm_bench
+    slurm_bench = calibration("slurm-bench", node="worker-5", factor=3.0)  # measured on the node, not here
+    assert plan(SEED, request, [slurm_bench], executor="local").nodes[0].calibration is None
+    assert plan(SEED, request, [slurm_bench], executor="slurm").nodes[0].calibration == slurm_bench
     with pytest.raises(InvalidChoice, match="executor 'k8s' is not valid; valid choices: slurm, local"):
         plan(SEED, request, [], executor="k8s")
 
@@ -401,7 +410,8 @@ def test_plan_shows_a_stored_calibration_in_text_and_json(tmp_path):
     runs = tmp_path / "runs"
     record = calibration("20260101-120000-bench-beef", node="worker-5", factor=3.0)
     CalibrationStore(runs).add(record)
-    args = ("plan", "--res", "144p", "--frames", "17", "--nodes", "worker-5,worker-6", "--gpus", "1")
+    args = ("plan", "--res", "144p", "--frames", "17", "--nodes", "worker-5,worker-6", "--gpus", "1",
+            "--executor", "slurm")  # a bench through Slurm speaks for Slurm plans
     data = json.loads(cli(*args, "--model", "tiny", "--json", runs_dir=runs).stdout)["result"]
     five, six = data["nodes"]
     assert five["estimate"]["source"] == "calibrated" and six["estimate"]["source"] == "model"
@@ -471,7 +481,8 @@ def test_a_local_bench_does_not_change_where_slurm_submits(tmp_path):
     CalibrationStore(runs).add(calibration("20260101-120000-bench-fa57", node="worker-5", factor=0.01,
                                            executor="local"))
     assert node_of("--executor", "slurm", runs_dir=runs) == baseline
-    assert node_of("--executor", "local", runs_dir=runs) == "worker-5"
+    # local: the figure is this host's, for every node alike, so it favours none (not the one it named)
+    assert node_of("--executor", "local", runs_dir=runs) == node_of("--executor", "local", runs_dir=empty)
 
 
 def test_summary_keeps_the_headline_numbers():
@@ -484,7 +495,8 @@ def test_summary_keeps_the_headline_numbers():
 
 
 def test_a_sweep_ranks_with_the_calibrations_of_where_its_jobs_run(tmp_path):
-    """A sweep plans like one run: a local bench's figure counts for local jobs, never for Slurm ones."""
+    """A sweep plans like one run: a local bench's figure counts for local jobs (all on this host, so
+    for every node alike), never for Slurm ones."""
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a\nb\n")
     runs = tmp_path / "runs"
@@ -497,11 +509,13 @@ def test_a_sweep_ranks_with_the_calibrations_of_where_its_jobs_run(tmp_path):
                    runs_dir=runs)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         result = json.loads(proc.stdout)["result"]
-        return {r["node"]: r["seconds_per_video"] for r in result["runs"]} | {n: None for n in result["unused"]}
+        assert result["unused"] == []
+        return {r["node"]: r["seconds_per_video"] for r in result["runs"]}
 
     slurm, local = seconds("slurm"), seconds("local")
-    assert "worker-5" in slurm and slurm["worker-5"] is not None  # model figures: worker-5 gets videos
-    assert local.get("worker-5") is None  # 50x slower where the local jobs really run: left unused
+    assert set(slurm) == set(local) == {"worker-5", "worker-6"}  # equal nodes, equal figures: a video each
+    for node in ("worker-5", "worker-6"):
+        assert local[node] == pytest.approx(50 * slurm[node], rel=0.01)
 
 
 def test_bench_takes_component_folders_and_refuses_a_missing_one(tmp_path, monkeypatch):
@@ -539,3 +553,12 @@ def test_bench_takes_component_folders_and_refuses_a_missing_one(tmp_path, monke
     with pytest.raises(UserError, match="no folder for the vae3d component: give --ckpt-path-vae3d DIR"):
         bench_infer(project, **args, ckpt_paths={k: v for k, v in folders.items() if k != "vae3d"})
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == runs_before
+
+
+def test_another_sp_scheme_is_another_layout_only_with_sp():
+    # the communication term depends on the scheme since the planner charges the one the job runs
+    bench_sp4 = calibration("dsp-sp4", bench=bench_config(sp=4))
+    assert bench_sp4.differences(Configuration(144, 256, 17, 4, False, "dsp")) == ()
+    assert bench_sp4.differences(Configuration(144, 256, 17, 4, False, "ulysses")) == ("layout",)
+    one_gpu = calibration("one-gpu")  # no SP: no all-to-alls, whatever the scheme
+    assert one_gpu.differences(Configuration(144, 256, 17, 1, False, "ulysses")) == ()

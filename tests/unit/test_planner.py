@@ -416,3 +416,10 @@ def test_the_communication_charged_is_that_of_the_sp_scheme_the_job_runs():
     assert ulysses.timing.dit == dsp.timing.dit and ulysses.memory.peak == dsp.memory.peak  # only the traffic differs
     with pytest.raises(InvalidChoice, match="--sp-scheme 'ring'"):
         PlanRequest("720p", "4s", sp_scheme="ring")
+
+
+def test_training_plans_refuse_an_sp_scheme():
+    with pytest.raises(UserError, match="training plans use data parallelism") as err:
+        PlanRequest("240p", "2s", task="train", sp_scheme="ulysses")
+    assert "--sp-scheme" in err.value.hint
+    assert PlanRequest("240p", "2s").scheme == "dsp"  # unset: the default scheme is planned

@@ -79,3 +79,24 @@ def test_run_ids_are_unique_and_safe():
     ids = {new_run_id("collective", now=0) for _ in range(50)}
     assert len(ids) > 45
     assert all(i.replace("-", "").isalnum() for i in ids)
+
+
+def test_atomic_writes_get_a_plain_files_mode_and_private_ones_0600(tmp_path):
+    import os
+
+    from clusterkit.launch.records import atomic_write_json, atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        import clusterkit.launch.records as records
+
+        records.process_umask.cache_clear()
+        atomic_write_text(tmp_path / "index.json", "{}")  # outputs are for sharing, like any new file
+        atomic_write_json(tmp_path / "env.json", {"TOKEN": "x"}, private=True)
+        (tmp_path / "plain").write_text("x")
+        assert (tmp_path / "index.json").stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777 == 0o644
+        assert (tmp_path / "env.json").stat().st_mode & 0o777 == 0o600
+        assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    finally:
+        os.umask(old)
+        records.process_umask.cache_clear()

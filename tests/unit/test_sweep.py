@@ -204,6 +204,12 @@ def test_the_sweep_identity_includes_the_component_folders(project, fake, tmp_pa
     again = submit_sweep(project, nodes="worker-5", **ARGS, ckpt_paths=folders, dry_run=True)
     moved = submit_sweep(project, nodes="worker-5", **ARGS, ckpt_paths={**folders, "dit": other_dit}, dry_run=True)
     assert again["sweep"] == first["sweep"] != moved["sweep"] != sweep_id(base)
-    with pytest.raises(UserError, match=r"made with other settings \(ckpt_paths differ\)"):
+    with pytest.raises(UserError, match=r"made with other settings \(.*ckpt_paths differ\)"):
         submit_sweep(project, nodes="worker-5", **ARGS, ckpt_paths={**folders, "dit": other_dit},
                      output=str(tmp_path / "out"))
+    # the same folders named either way are the same sweep: --ckpt-dir D == the four D/<name>
+    whole = submit_sweep(project, nodes="worker-5", **ARGS, ckpt_dir=str(tmp_path / "a"), dry_run=True)
+    assert whole["sweep"] == first["sweep"]
+    mixed = submit_sweep(project, nodes="worker-5", **ARGS, ckpt_dir=str(tmp_path / "a"),
+                         ckpt_paths={"dit": other_dit}, dry_run=True)
+    assert mixed["sweep"] == moved["sweep"]
