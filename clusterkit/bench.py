@@ -33,7 +33,8 @@ from clusterkit.launch.records import atomic_write_json, new_run_id, read_json
 from clusterkit.launch.render import RunPaths
 from clusterkit.launch.spec import LaunchSpec, node_slots
 from clusterkit.project import Project
-from clusterkit.submit import PROMPTS_FILE, REQUEST_FILE, Choice, LayoutPins, choose_settings, resolve_checkpoint
+from clusterkit.submit import (PROMPTS_FILE, REQUEST_FILE, Choice, LayoutPins, check_timeout, choose_settings,
+                               resolve_checkpoint)
 from opensora_core.inference.request import InferRequest
 from opensora_core.parallel.layout import DEFAULT_SP_SCHEME
 from opensora_core.presets import get_preset
@@ -114,6 +115,7 @@ def bench_infer(
     """Check everything, launch the bench on ``node``, wait, write the report and store the
     calibration. Every input error is raised before anything is written or submitted."""
     counts = BenchCounts(warmup, evals)
+    check_timeout(timeout_s)
     inventory_node = project.inventory.node(node)  # InvalidChoice naming the nodes
     preset = get_preset(model)
     report_path = check_report_path(report) if report is not None else None

@@ -43,7 +43,7 @@ import sqlite3
 import time
 from collections.abc import Iterable
 from contextlib import closing
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field
 from pathlib import Path
 
 from clusterkit.errors import InvalidChoice, UserError
@@ -204,6 +204,10 @@ class Calibration:
     def from_dict(cls, data: dict) -> Calibration:
         """The record ``to_dict`` wrote (derived keys are recomputed, not read)."""
         names = cls.__dataclass_fields__
+        missing = [name for name, f in names.items() if name not in data
+                   and f.default is MISSING and f.default_factory is MISSING]
+        if missing:
+            raise UserError(f"the record lacks {', '.join(missing)}")
         return cls(**{key: value for key, value in data.items() if key in names})
 
 

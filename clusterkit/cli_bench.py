@@ -8,9 +8,9 @@ from typing import Optional
 
 import typer
 
-from clusterkit.cli_common import (CKPT_DIR_OPT, CKPT_PATH_DIT_OPT, CKPT_PATH_T5_OPT, CKPT_PATH_VAE2D_OPT,
-                                  CKPT_PATH_VAE3D_OPT, EXECUTOR_OPT, JSON_OPT, JobProgressBar, ckpt_paths,
-                                  get_state)
+from clusterkit.cli_common import (ASPECT_RATIO_OPT, CKPT_DIR_OPT, CKPT_PATH_DIT_OPT, CKPT_PATH_T5_OPT,
+                                  CKPT_PATH_VAE2D_OPT, CKPT_PATH_VAE3D_OPT, EXECUTOR_OPT, FRAMES_OPT, JSON_OPT,
+                                  RES_OPT, JobProgressBar, ckpt_paths, get_state)
 from clusterkit.output import console, emit
 
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that feed the planner: inference.")
@@ -25,9 +25,9 @@ def register(app: typer.Typer) -> None:
 def infer_command(
     ctx: typer.Context,
     node: str = typer.Option(..., "--node", help="The node to measure (its GPU model gets the calibration)."),
-    res: str = typer.Option(..., "--res", "--resolution", help="Resolution: 144p 240p 360p 480p 720p 1080p 2k 4k (or 256 512 ...)."),
-    frames: str = typer.Option(..., "--frames", "--num-frames", help="2s 4s 8s 16s 32s, 1x … 16x, or a frame count (1 = image)."),
-    aspect_ratio: str = typer.Option("9:16", "--aspect-ratio", help="H:W as in Open-Sora (9:16 is landscape)."),
+    res: str = RES_OPT,
+    frames: str = FRAMES_OPT,
+    aspect_ratio: str = ASPECT_RATIO_OPT,
     model: str = typer.Option("opensora-v1.2", "--model", help="opensora-v1.2 (needs --ckpt-dir or the four "
                               "--ckpt-path-*) | tiny (random without them)."),
     ckpt_dir: Optional[str] = CKPT_DIR_OPT,

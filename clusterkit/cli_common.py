@@ -13,6 +13,12 @@ import typer
 
 JSON_OPT = typer.Option(False, "--json", help="Print the versioned JSON envelope instead of tables.")
 EXECUTOR_OPT = typer.Option("auto", "--executor", help="auto (Slurm when a controller answers) | slurm | local.")
+# the video size of plan, submit infer and bench infer; upstream's spellings --resolution/--num-frames too
+RES_OPT = typer.Option(..., "--res", "--resolution",
+                       help="Resolution: 144p 240p 360p 480p 720p 1080p 2k 4k (or 256 512 ...).")
+FRAMES_OPT = typer.Option(..., "--frames", "--num-frames",
+                          help="2s 4s 8s 16s 32s, 1x … 16x, or a frame count (1 = image).")
+ASPECT_RATIO_OPT = typer.Option("9:16", "--aspect-ratio", help="H:W as in Open-Sora (9:16 is landscape).")
 CKPT_DIR_OPT = typer.Option(None, "--ckpt-dir", help="Folder with dit/ t5/ vae2d/ vae3d/ (or give the four "
                             "--ckpt-path-* folders).")
 CKPT_PATH_DIT_OPT = typer.Option(None, "--ckpt-path-dit", help="The transformer's own folder (a download of "

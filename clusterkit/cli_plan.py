@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from clusterkit.cli_common import JSON_OPT, get_state
+from clusterkit.cli_common import ASPECT_RATIO_OPT, FRAMES_OPT, JSON_OPT, RES_OPT, get_state
 from clusterkit.errors import EXIT_FAILED, UserError
 from clusterkit.output import console, emit
 
@@ -23,9 +23,9 @@ def register(app: typer.Typer) -> None:
 def plan_command(
     ctx: typer.Context,
     task: str = typer.Argument("infer", help="infer | train"),
-    res: str = typer.Option(..., "--res", "--resolution", help="Resolution: 144p 240p 360p 480p 720p 1080p 2k 4k (or 256 512 ...)."),
-    frames: str = typer.Option(..., "--frames", "--num-frames", help="2s 4s 8s 16s 32s, 1x … 16x, or a frame count (1 = image)."),
-    aspect_ratio: str = typer.Option("9:16", "--aspect-ratio", help="H:W as in Open-Sora (9:16 is landscape)."),
+    res: str = RES_OPT,
+    frames: str = FRAMES_OPT,
+    aspect_ratio: str = ASPECT_RATIO_OPT,
     node: Optional[str] = typer.Option(None, "--node", help="Plan one node."),
     nodes: Optional[str] = typer.Option(None, "--nodes", help="Comma-separated node names, or 'all' (default)."),
     gpus: Optional[int] = typer.Option(None, "--gpus", help="Use exactly this many GPUs per node."),

@@ -8,9 +8,9 @@ from typing import Optional
 
 import typer
 
-from clusterkit.cli_common import (CKPT_DIR_OPT, CKPT_PATH_DIT_OPT, CKPT_PATH_T5_OPT, CKPT_PATH_VAE2D_OPT,
-                                  CKPT_PATH_VAE3D_OPT, EXECUTOR_OPT, JSON_OPT, JobProgressBar, ckpt_paths,
-                                  get_state)
+from clusterkit.cli_common import (ASPECT_RATIO_OPT, CKPT_DIR_OPT, CKPT_PATH_DIT_OPT, CKPT_PATH_T5_OPT,
+                                  CKPT_PATH_VAE2D_OPT, CKPT_PATH_VAE3D_OPT, EXECUTOR_OPT, FRAMES_OPT, JSON_OPT,
+                                  RES_OPT, JobProgressBar, ckpt_paths, get_state)
 from clusterkit.output import console, emit
 
 submit_app = typer.Typer(no_args_is_help=True, help="Submit jobs: text-to-video inference.")
@@ -24,9 +24,9 @@ def register(app: typer.Typer) -> None:
 @submit_app.command("infer")
 def infer_command(
     ctx: typer.Context,
-    frames: str = typer.Option(..., "--frames", "--num-frames", help="2s 4s 8s 16s 32s, 1x … 16x, or a frame count (1 = image)."),
-    res: str = typer.Option(..., "--res", "--resolution", help="Resolution: 144p 240p 360p 480p 720p 1080p 2k 4k (or 256 512 ...)."),
-    aspect_ratio: str = typer.Option("9:16", "--aspect-ratio", help="H:W as in Open-Sora (9:16 is landscape)."),
+    frames: str = FRAMES_OPT,
+    res: str = RES_OPT,
+    aspect_ratio: str = ASPECT_RATIO_OPT,
     prompt: list[str] = typer.Option([], "--prompt", help="A prompt (repeatable)."),
     prompts_file: Optional[str] = typer.Option(None, "--prompts-file", help="A UTF-8 file, one prompt per line."),
     model: str = typer.Option("opensora-v1.2", "--model", help="opensora-v1.2 (needs --ckpt-dir or the four "

@@ -21,6 +21,7 @@ layouts. ``--nodes`` (a prompt sweep over several nodes) is ``clusterkit.sweep``
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,6 +140,7 @@ def submit_infer(
     strategies, loops, scores, batch size; docs/inference-modes.md). Every reference is opened
     here, and its path made absolute, before anything is planned or written."""
     preset = get_preset(model)
+    check_timeout(timeout_s)
     pins = LayoutPins(gpus, sp, cfg_parallel, sp_scheme)
     pins.check(preset.stdit3_config.get("num_heads", 16))  # before anything is read, planned or written
     refiner = _refiner(project, refine, refine_config, environ, camera_motion=options.get("camera_motion"))
@@ -227,9 +229,25 @@ def resolve_checkpoint(ckpt_dir: str | None, ckpt_paths: Mapping[str, str] | Non
 TINY_SETTINGS = {"dtype": "fp32", "t5_device": "gpu", "t5_dtype": "fp32", "vae_micro_batch": 4, "flash_attn": False}
 
 
+def read_calibrations(project: Project, preset: str) -> tuple[list, list]:
+    """The ``bench infer`` calibrations of ``preset`` and notes on unreadable rows (one registry read:
+    a sweep passes them to every node's ``choose_settings``)."""
+    from clusterkit.calibration import CalibrationStore
+
+    return CalibrationStore(project.runs_dir).read(preset)
+
+
+def check_timeout(timeout_s: float | None) -> None:
+    """``--timeout`` (with --wait): None, or a finite number of seconds above 0."""
+    if timeout_s is not None and not (math.isfinite(timeout_s) and timeout_s > 0):
+        raise UserError(f"--timeout {timeout_s!r} must be a positive number of seconds",
+                        hint="or leave it out to wait until the run ends")
+
+
 def choose_settings(project: Project, request: InferRequest, *, node: str | None, force: bool,
                     pins: LayoutPins = LayoutPins(), objective: str | None = None,
-                    num_videos: int | None = None, executor: str = "slurm") -> Choice:
+                    num_videos: int | None = None, executor: str = "slurm",
+                    calibrations: tuple[list, list] | None = None) -> Choice:
     """The node, the layout and the request fields the plan decides (see the module docstring).
     ``num_videos`` (default: the request's) caps the replicas; ``objective`` is the planner's;
     ``executor`` (resolved: slurm or local) is where the job runs, so which `bench infer`
@@ -244,12 +262,11 @@ def choose_settings(project: Project, request: InferRequest, *, node: str | None
         resolution=request.resolution, frames=request.frames, aspect_ratio=request.aspect_ratio,
         num_videos=num_videos or len(request.videos()), nodes=node or "all", objective=objective,
         gpus=fixed.world_size if tiny else pins.gpus, sp=fixed.sp if tiny else pins.sp,
-        cfg_parallel=fixed.cfg_enabled if tiny else pins.cfg_parallel, steps=request.steps, sp_scheme=pins.sp_scheme,
+        cfg_parallel=fixed.cfg_enabled if tiny else pins.cfg_parallel, sp_scheme=pins.sp_scheme,
+        steps=request.steps * request.loop,  # --loop makes that many clips, each sampled in full
     )
-    from clusterkit.calibration import CalibrationStore
-
     # `clusterkit bench infer` calibrations of this preset rank the nodes as `clusterkit plan` does
-    calibrations, skipped = CalibrationStore(project.runs_dir).read(request.model)
+    calibrations, skipped = calibrations if calibrations is not None else read_calibrations(project, request.model)
     the_plan = plan(project.inventory, plan_request, calibrations, executor=executor)
     if tiny:
         try:

@@ -36,7 +36,7 @@ from clusterkit.launch.render import RunPaths
 from clusterkit.launch.spec import LaunchSpec, node_slots
 from clusterkit.project import Project
 from clusterkit.submit import (PRESET, PROMPTS_FILE, REQUEST_FILE, LayoutPins, _prompts, _refine, _warnings,
-                               choose_settings, resolve_checkpoint)
+                               check_timeout, choose_settings, read_calibrations, resolve_checkpoint)
 from opensora_core.inference import records
 from opensora_core.inference.request import InferRequest, VideoItem
 from opensora_core.parallel.layout import DEFAULT_SP_SCHEME
@@ -122,6 +122,7 @@ def submit_sweep(
     reuses the refined prompts its manifest holds, so every video of a sweep has the same ones, and
     needs no key then. A dry run calls no command or endpoint (the template still runs)."""
     preset = get_preset(model)
+    check_timeout(timeout_s)
     pins = LayoutPins(gpus, sp, cfg_parallel, sp_scheme)
     pins.check(preset.stdit3_config.get("num_heads", 16))
     loaded_refine, refine_id = _refine_settings(project, refine, refine_config)  # checked; no key read yet
@@ -260,10 +261,12 @@ def _plan_nodes(project: Project, draft: InferRequest, names: list[str], pins: L
     """(node -> Choice) for the nodes that can run the sweep, (node -> reason) for the others; the
     calibrations that apply where the jobs will run (``executor``) rank them, as for one run."""
     plans, skipped = {}, {}
+    calibrations = read_calibrations(project, draft.model)  # once for all the nodes
     for name in names:  # the planner memoises per node kind: equal nodes cost one plan
         try:
             plans[name] = choose_settings(project, draft, node=name, force=force, pins=pins,
-                                          objective="throughput", num_videos=videos, executor=executor)
+                                          objective="throughput", num_videos=videos, executor=executor,
+                                          calibrations=calibrations)
         except UserError as exc:
             skipped[name] = exc.message
     return plans, skipped

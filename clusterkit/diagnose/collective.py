@@ -103,7 +103,8 @@ def build_spec(project: Project, *, nodes: str | None, gpus_per_node: int | None
         args += ["--stall-rank", str(stall_rank)]
     chosen_executor = pick_executor(executor)
     if gpus_per_node is None:
-        gpus_per_node = default_ranks_per_node(min(s.gpu_count for s in slots), chosen_executor, local_gpu_count())
+        here = local_gpu_count() if chosen_executor == "local" else 0  # NVML only where it decides something
+        gpus_per_node = default_ranks_per_node(min(s.gpu_count for s in slots), chosen_executor, here)
     return LaunchSpec(
         run_id=run_id, kind=preset.kind, nodes=slots, gpus_per_node=gpus_per_node,
         entry=preset.entry, args=tuple(args), executor=chosen_executor,

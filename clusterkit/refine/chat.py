@@ -11,6 +11,7 @@ the server sends back is shown with the key blanked.
 
 from __future__ import annotations
 
+import http.client
 import json
 import socket
 import urllib.error
@@ -78,6 +79,9 @@ class HttpRefiner:
             raise RefineError(f"cannot reach {what}: {self._redact(str(exc.reason))}") from None
         except OSError as exc:
             raise RefineError(f"cannot reach {what}: {self._redact(str(exc))}") from None
+        except (ValueError, http.client.HTTPException) as exc:  # a header or address urllib will not send
+            raise RefineError(f"cannot send to {what}: {self._redact(str(exc))}",
+                              hint="check http.url in the refine config") from None
         return self._content(raw, what)
 
     def _content(self, raw: bytes, what: str) -> str:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -130,6 +131,9 @@ def build_refiner(method: str, config: RefineConfig, environ: Mapping[str, str],
                             f"{config.source}), which is not set on this host",
                             hint=f"export {h.api_key_env}=... here, or set http.api_key_env: null for an "
                             "endpoint without a key")
+        if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in key):  # the value itself is never shown
+            raise UserError(f"${h.api_key_env} holds whitespace or control characters (a pasted newline?); "
+                            "an API key is one word", hint=f"export {h.api_key_env} again without them")
     return HttpRefiner(h.url, h.model, config.template.system_prompt, h.timeout_s, h.temperature, key)
 
 
@@ -196,9 +200,14 @@ def _http(data, where: str) -> HttpSettings:
                         None if temperature is None else float(temperature))
 
 
+MAX_TIMEOUT_S = 3600.0  # a refiner that needs longer is stuck
+
+
 def _seconds(value, where: str, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise UserError(f"{where}: {key} {value!r} must be a positive number of seconds")
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or not 0 < value <= MAX_TIMEOUT_S):
+        raise UserError(f"{where}: {key} {value!r} must be a number of seconds above 0 and at most "
+                        f"{MAX_TIMEOUT_S:g}")
     return float(value)
 
 

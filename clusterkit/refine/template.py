@@ -133,7 +133,9 @@ class PromptTemplate:
         covered = {name for name, pattern in COVERED.items() if pattern.search(text)}
         if camera_motion:
             covered.add("camera")
-        sentences = (_sentence(part.format(**values)) for name, part in self.parts if name not in covered)
+        # a part that carries the user's text is never left out, whatever it "covers"
+        sentences = (_sentence(part.format(**values)) for name, part in self.parts
+                     if name not in covered or _fields(part))
         return " ".join(s for s in sentences if s)
 
 

@@ -17,7 +17,9 @@ samples the same thing.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -25,7 +27,7 @@ import torch
 
 from opensora_core.inference.mask_strategy import (MaskEntry, condition_pixel_frames, loop_entry, place,
                                                    reference_span)
-from opensora_core.inference.references import load_pixels, probe
+from opensora_core.inference.references import ReferenceInfo, load_pixels, probe
 from opensora_core.inference.request import InferRequest, VideoItem
 from opensora_core.inference.video_io import to_uint8
 from opensora_core.parallel.groups import ParallelContext
@@ -62,21 +64,39 @@ def encode_reference(vae, path: str, ref_index: int, entries: Sequence[MaskEntry
     of the whole reference's length. Of a video only the VAE chunks (``micro_frame_size`` frames,
     encoded alone by the VAE) holding the latent frames the groups copy are decoded and encoded;
     the other latent frames stay zero, as nothing reads them."""
-    info = probe(path)
+    info = _probed(path, _stamp(path))
     chunk = vae.config.micro_frame_size
     if info.kind == "image" or chunk is None:
-        return encode_video(vae, load_pixels(path, height, width), seed)
+        return encode_video(vae, _pixels(path, _stamp(path), height, width, None), seed)
     total = vae.latent_frames(info.frames)
     first, stop = reference_span(entries, ref_index, total, target_frames, align) or (0, 1)
     per_chunk = vae.latent_frames(chunk)
     first_chunk, stop_chunk = first // per_chunk, -(-stop // per_chunk)
-    pixels = load_pixels(path, height, width, (first_chunk * chunk, min(stop_chunk * chunk, info.frames)))
+    pixels = _pixels(path, _stamp(path), height, width, (first_chunk * chunk, min(stop_chunk * chunk, info.frames)))
     part = encode_video(vae, pixels, seed)
     latent = part.new_zeros((part.shape[0], total, *part.shape[2:]))
     offset = first_chunk * per_chunk
     assert offset + part.shape[1] == min(stop_chunk * per_chunk, total), (offset, part.shape, total)
     latent[:, offset : offset + part.shape[1]] = part
     return latent
+
+
+# Every video that uses a reference encodes it with its own seed, but the file is the same: it is
+# probed and decoded once per process (while unchanged on disk), not once per video. Two decoded
+# spans at most stay in memory (a 720p 51-frame span is ~0.5 GB of float32).
+def _stamp(path: str) -> tuple[int, int]:
+    stat = os.stat(path)
+    return stat.st_size, stat.st_mtime_ns
+
+
+@functools.lru_cache(maxsize=16)
+def _probed(path: str, _stamp: tuple[int, int]) -> ReferenceInfo:
+    return probe(path)
+
+
+@functools.lru_cache(maxsize=2)
+def _pixels(path: str, _stamp: tuple[int, int], height: int, width: int, frames: tuple[int, int] | None):
+    return load_pixels(path, height, width, frames)
 
 
 def apply_mask_strategy(z: torch.Tensor, refs: Sequence[Sequence[torch.Tensor]],

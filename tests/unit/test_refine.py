@@ -78,6 +78,16 @@ def test_template_leaves_out_the_parts_the_prompt_already_covers():
     assert "close-up" not in refined and "lighting is soft" not in refined
     assert "background" in refined and "no additional objects" in refined
     assert "light" in TemplateRefiner().refine("a cat leaps lightly onto a sofa")  # 'lightly' is not lighting
+    assert "lighting is soft" in TemplateRefiner().refine("a cat leaps lightly onto a sofa")  # the part is kept
+
+
+def test_a_part_that_carries_the_prompt_is_never_left_out(tmp_path):
+    path = tmp_path / "refine.yaml"  # the user's text only in the shot part, which close-ups "cover"
+    path.write_text('refine:\n  template:\n    subject: null\n    shot: "A shot of {subject}"\n')
+    refined = build_refiner("template", load_refine_config(path), {}).refine("a close-up of a cat licking its paw")
+    assert "a close-up of a cat licking its paw" in refined
+    path.write_text('refine:\n  template:\n    subject: "{prompt}, {{as typed}}"\n')  # doubled braces: literal
+    assert build_refiner("template", load_refine_config(path), {}).refine("a cat").startswith("A cat, {as typed}.")
 
 
 def test_template_from_config_overrides_and_removes_parts(tmp_path):
@@ -93,6 +103,13 @@ def test_template_from_config_overrides_and_removes_parts(tmp_path):
 @pytest.mark.parametrize("yaml_text, words", [
     ('refine:\n  template:\n    lighting: "at {time}"\n', "unknown placeholder {time}; valid placeholders: "
                                                           "{prompt}, {subject}"),
+    ('refine:\n  template:\n    lighting: "at {}"\n', "unknown placeholder {}"),
+    ('refine:\n  template:\n    lighting: "at {prompt.upper}"\n', "unknown placeholder {prompt.upper}"),
+    ('refine:\n  template:\n    lighting: "at {prompt!r}"\n', "placeholder {prompt} takes no format spec"),
+    ('refine:\n  template:\n    lighting: "at {prompt:>10}"\n', "placeholder {prompt} takes no format spec"),
+    ('refine:\n  template:\n    lighting: "at {prompt"\n', "template part 'lighting'"),
+    ('refine:\n  http:\n    timeout_s: .inf\n', "http.timeout_s inf must be a number of seconds above 0"),
+    ('refine:\n  command:\n    argv: [x]\n    timeout_s: 1.0e+300\n', "at most 3600"),
     ('refine:\n  template:\n    mood: "calm"\n', "unknown template keys ['mood']; valid keys: subject"),
     ('refine:\n  template:\n    subject: "a fixed text"\n', "never uses {prompt} or {subject}"),
     ('refine:\n  command:\n    argv: "python3 refine.py --x"\n', "must be a list of arguments, not a shell string"),
@@ -299,6 +316,18 @@ def test_http_missing_key_variable_names_it_and_nothing_is_sent(chat, tmp_path):
         build_refiner("http", config, {"REFINE_TEST_KEY": KEY})
     assert "reads the API key from $MY_LLM_KEY" in info.value.message and "not set" in info.value.message
     assert "export MY_LLM_KEY=" in info.value.hint and chat.seen == []
+
+
+def test_a_malformed_key_or_url_is_a_clear_error_that_never_shows_the_key(chat, tmp_path):
+    config = load_refine_config(http_config(tmp_path, chat.url()))
+    with pytest.raises(UserError) as info:  # a pasted newline: urllib would refuse the header, quoting it
+        build_refiner("http", config, {"REFINE_TEST_KEY": KEY + "\r"})
+    text = info.value.message + (info.value.hint or "")
+    assert "$REFINE_TEST_KEY holds whitespace or control characters" in text and KEY not in text
+    refiner = HttpRefiner("http://127.0.0.1:abc/v1", "m", "sys", 5, 0.0, KEY)  # urllib: InvalidURL (a ValueError)
+    with pytest.raises(RefineError, match="cannot send to refine endpoint") as info:
+        refiner.refine("a cat")
+    assert KEY not in info.value.message and chat.seen == []
 
 
 def test_http_unreachable_and_timeout(tmp_path):

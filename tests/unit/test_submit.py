@@ -298,3 +298,14 @@ def test_cli_dry_run_shows_the_component_folders(tmp_path, downloads):
     assert "weights:" + ",".join(f"{name}{path}" for name, path in downloads.items()) in shown
     proc = cli(*args[:-2], "--json", runs_dir=tmp_path / "runs")  # no --ckpt-path-vae3d
     assert proc.returncode == 2 and "--ckpt-path-vae3d" in json.loads(proc.stdout)["error"]["message"]
+
+
+def test_loop_clips_are_planned_as_that_many_samplings(project):
+    from clusterkit.submit import choose_settings
+    from opensora_core.inference.request import InferRequest
+
+    one, three = (choose_settings(project, InferRequest(prompts=("a red ball",), frames="2s", resolution="144p",
+                                                        model="tiny", loop=loop), node="worker-5", force=False)
+                  for loop in (1, 3))
+    assert one.node == three.node == "worker-5"
+    assert three.seconds > 2 * one.seconds  # three clips sampled in full, not one

@@ -210,6 +210,20 @@ def test_reference_span_and_partial_video_reads():
     assert torch.equal(load_pixels(VIDEO, 144, 256, (34, 51)), whole[:, 34:51])
 
 
+def test_a_reference_is_decoded_once_for_every_video_that_uses_it(models, monkeypatch):
+    from opensora_core.inference import conditioned
+
+    decoded = []
+    real = conditioned.load_pixels
+    monkeypatch.setattr(conditioned, "load_pixels", lambda *a, **k: decoded.append(a) or real(*a, **k))
+    conditioned._pixels.cache_clear()
+    entries = ms.parse_mask_strategy("0,0,-5,0,5")
+    first, second = (conditioned.encode_reference(models.vae, VIDEO, 0, entries, height=144, width=256,
+                                                  target_frames=15, align=5, seed=seed) for seed in (1, 2))
+    assert len(decoded) == 1  # the second video reuses the decoded frames; its own seed still samples
+    assert first.shape == second.shape and not torch.equal(first, second)
+
+
 def test_encoder_text_appends_each_score_once():
     assert encoder_text("a city street at night", 5.5, 10, "pan left") == (
         "a city street at night aesthetic score: 5.5. motion score: 10.0. camera motion: pan left.")
